@@ -1,0 +1,664 @@
+//! The sans-IO state of one client connection, on the broker's side.
+//!
+//! Methods fall into four groups, as in quinn-proto's `Connection`:
+//! - getters: [`Connection::version`], [`Connection::client_id`], [`Connection::is_closed`], ...
+//! - inputs, each taking `now`: [`Connection::handle_bytes`],
+//!   [`Connection::handle_completion`], [`Connection::handle_write_progress`],
+//!   [`Connection::handle_timeout`], [`Connection::handle_transport_closed`];
+//! - commands from the broker: [`Connection::accept_connect`],
+//!   [`Connection::reject_connect`], [`Connection::accept_publish`],
+//!   [`Connection::send_suback`], [`Connection::send_unsuback`], [`Connection::send_auth`],
+//!   [`Connection::deliver`], [`Connection::disconnect`];
+//! - outputs: [`Connection::poll_transmit`], [`Connection::poll_event`],
+//!   [`Connection::poll_timeout`].
+//!
+//! A driver feeds inputs, then drains outputs in this order: events (the broker may answer
+//! them with commands), transmits until `None`, and finally `poll_timeout` to arm its timer.
+//! When [`Connection::is_closed`] is true and no transmit is outstanding, the driver closes
+//! the transport and calls [`Connection::into_session`].
+//!
+//! Lifecycle:
+//! ```text
+//!  AwaitConnect ──CONNECT──► AwaitDecision ──accept_connect──► Established
+//!       │                        │ reject_connect                    │ DISCONNECT, error,
+//!       │ timeout, error          ▼                                   │ keep-alive, takeover
+//!       └──────────────────► Closing (last frames flushing) ◄────────┘
+//!                                 │ outbox empty, writer idle (or transport gone)
+//!                                 ▼
+//!                               Closed
+//! ```
+
+mod inbound;
+mod outbound;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::num::NonZeroU16;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::codec::Decoder;
+use super::error::{CloseReason, ConnectionError};
+use super::frame::{
+    FrameMeta, OutboundFrame, SendCompletion, SendTicket, Transmit, TransportFault,
+};
+use super::packet::{
+    Auth, Connect, Disconnect, Packet, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+};
+use super::session::{DropReason, SessionState};
+use super::types::{MqttString, PacketId, ProtocolVersion, QoS, ReasonCode, TopicName};
+use super::writer::{CompletionError, Writer};
+
+/// Limits and capabilities one connection enforces and advertises.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Largest packet accepted from the client (advertised in CONNACK).
+    pub max_packet_size: u32,
+    /// Inbound QoS 1/2 publishes the client may have unacknowledged (advertised).
+    pub receive_maximum: u16,
+    /// Cap on outbound QoS 1/2 messages in flight, whatever the client allows.
+    pub max_inflight: u16,
+    /// Messages queued for the client behind its window.
+    pub max_queued_messages: usize,
+    /// Inbound topic aliases accepted (advertised; 0 turns them off).
+    pub topic_alias_maximum: u16,
+    /// Longest keep-alive allowed; a larger or zero request is replaced by this value via
+    /// the v5 server keep alive property.
+    pub max_keep_alive: Option<u16>,
+    pub maximum_qos: QoS,
+    pub retain_available: bool,
+    /// Time allowed from the first byte to CONNECT.
+    pub connect_timeout: Duration,
+    /// A write that makes no progress for this long is a stalled transport.
+    pub send_timeout: Duration,
+    /// Coalescing limit: frames ready together are written in batches of about this size.
+    pub max_batch_bytes: usize,
+    /// Stop decoding input while this many bytes wait to be written (backpressure).
+    pub max_outbox_bytes: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 1024,
+            max_inflight: 1024,
+            max_queued_messages: 10_000,
+            topic_alias_maximum: 64,
+            max_keep_alive: Some(3600),
+            maximum_qos: QoS::ExactlyOnce,
+            retain_available: true,
+            connect_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+            max_batch_bytes: 64 * 1024,
+            max_outbox_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// The broker's answer to a CONNECT it accepts.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectAccept {
+    /// The resumed session (its flows are resent), or a new one.
+    pub session: SessionState,
+    pub session_present: bool,
+    /// Set when the client sent an empty client id (v5).
+    pub assigned_client_id: Option<MqttString>,
+}
+
+/// Something the broker must act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A valid CONNECT: answer with `accept_connect` or `reject_connect`.
+    Connect(Box<Connect>),
+    /// An application message from the client. The topic alias is already resolved. QoS
+    /// 1/2 carry an ack: call `accept_publish` once the message is safe.
+    Publish {
+        message: Publish,
+        ack: Option<InboundAck>,
+    },
+    /// Answer with `send_suback`.
+    Subscribe(Subscribe),
+    /// Answer with `send_unsuback`.
+    Unsubscribe(Unsubscribe),
+    /// Enhanced authentication; answer with `send_auth` or `disconnect`.
+    Auth(Auth),
+    /// A message for the client was dropped instead of sent.
+    Dropped {
+        topic: TopicName,
+        qos: QoS,
+        reason: DropReason,
+    },
+    /// The connection ended; emitted once.
+    Closed(CloseReason),
+}
+
+/// The right to acknowledge one inbound QoS 1/2 publish. Not `Clone`: one ack per publish.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "an inbound QoS 1/2 publish waits for accept_publish"]
+pub struct InboundAck {
+    connection: u64,
+    packet_id: PacketId,
+    qos: QoS,
+}
+
+impl InboundAck {
+    pub fn packet_id(&self) -> PacketId {
+        self.packet_id
+    }
+
+    pub fn qos(&self) -> QoS {
+        self.qos
+    }
+}
+
+/// What happened to a message handed to [`Connection::deliver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliverOutcome {
+    /// Encoded for sending, or queued behind the window.
+    Accepted,
+    Dropped(DropReason),
+}
+
+/// What the broker needs when a connection has ended.
+#[derive(Debug)]
+pub struct CloseReport {
+    pub reason: CloseReason,
+    /// The will to publish (the broker applies the will delay), if the close calls for it.
+    pub will: Option<Will>,
+    /// Session expiry in seconds as it stands at close (DISCONNECT may have changed it).
+    pub session_expiry: u32,
+    /// Frames handed to the transport whose completion never came.
+    pub abandoned: Vec<FrameMeta>,
+    /// Frames encoded but never handed to the transport.
+    pub unsent: usize,
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitConnect { deadline: Instant },
+    AwaitDecision,
+    Established,
+    Closing(CloseReason),
+    Closed,
+}
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One client connection. See the module docs for the polling order.
+#[derive(Debug)]
+pub struct Connection {
+    id: u64,
+    config: ConnectionConfig,
+    state: State,
+    decoder: Decoder,
+    read_buf: BytesMut,
+    scratch: BytesMut,
+    writer: Writer,
+    outbox: VecDeque<OutboundFrame>,
+    outbox_bytes: usize,
+    events: VecDeque<Event>,
+    session: SessionState,
+    /// The CONNECT as accepted; `None` before.
+    connect: Option<Box<Connect>>,
+    version: Option<ProtocolVersion>,
+    /// Keep-alive in force (seconds, 0 = off) and when it runs out.
+    keep_alive: u16,
+    keep_alive_deadline: Option<Instant>,
+    session_expiry: u32,
+    /// Peer limits, from CONNECT.
+    peer_max_packet_size: u32,
+    peer_receive_maximum: u16,
+    peer_topic_alias_maximum: u16,
+    /// Inbound QoS 1 ids awaiting `accept_publish`.
+    inbound_qos1: BTreeSet<PacketId>,
+    /// Inbound QoS 2 ids handed to the broker, awaiting `accept_publish`.
+    inbound_qos2_pending: BTreeSet<PacketId>,
+    aliases_in: HashMap<u16, TopicName>,
+    aliases_out: HashMap<TopicName, NonZeroU16>,
+    close_reason: Option<CloseReason>,
+    closed_event_sent: bool,
+}
+
+impl Connection {
+    /// A connection whose first byte arrived at `now`.
+    pub fn new(config: ConnectionConfig, now: Instant) -> Connection {
+        let decoder = Decoder::new(config.max_packet_size);
+        let writer = Writer::new(config.send_timeout);
+        let deadline = now + config.connect_timeout;
+        Connection {
+            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            config,
+            state: State::AwaitConnect { deadline },
+            decoder,
+            read_buf: BytesMut::new(),
+            scratch: BytesMut::new(),
+            writer,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            events: VecDeque::new(),
+            session: SessionState::new(),
+            connect: None,
+            version: None,
+            keep_alive: 0,
+            keep_alive_deadline: None,
+            session_expiry: 0,
+            peer_max_packet_size: u32::MAX,
+            peer_receive_maximum: u16::MAX,
+            peer_topic_alias_maximum: 0,
+            inbound_qos1: BTreeSet::new(),
+            inbound_qos2_pending: BTreeSet::new(),
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            close_reason: None,
+            closed_event_sent: false,
+        }
+    }
+
+    // ----- getters -----
+
+    /// The protocol version, once CONNECT has been read.
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        self.version
+    }
+
+    /// The client id from CONNECT (or the assigned one), once accepted.
+    pub fn client_id(&self) -> Option<&MqttString> {
+        self.connect.as_ref().map(|c| &c.client_id)
+    }
+
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established)
+    }
+
+    /// The connection has ended: no more input is read, and once no transmit is
+    /// outstanding the transport should close.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Whether the driver should keep reading: false while closing or while too much
+    /// output is waiting (a client that does not read its acks cannot flood us).
+    pub fn wants_read(&self) -> bool {
+        match self.state {
+            State::AwaitConnect { .. } | State::Established => {
+                self.outbox_bytes + self.writer.bytes_in_flight() < self.config.max_outbox_bytes
+            }
+            State::AwaitDecision => self.read_buf.len() < self.config.max_packet_size as usize,
+            State::Closing(_) | State::Closed => false,
+        }
+    }
+
+    /// Keep-alive in force, in seconds (0 = off), after any server override.
+    pub fn keep_alive(&self) -> u16 {
+        self.keep_alive
+    }
+
+    pub fn session(&self) -> &SessionState {
+        &self.session
+    }
+
+    /// Whether a write is outstanding (handed out, not yet completed).
+    pub fn is_sending(&self) -> bool {
+        !self.writer.is_idle()
+    }
+
+    // ----- inputs -----
+
+    /// Bytes read from the transport. Every whole packet in them is processed.
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
+        if matches!(self.state, State::Closing(_) | State::Closed) {
+            return;
+        }
+        self.read_buf.extend_from_slice(bytes);
+        self.process_input(now);
+    }
+
+    /// The end of a write handed out by `poll_transmit`. A completion that does not match
+    /// the write in progress ends the connection loudly and is returned as an error.
+    pub fn handle_completion(
+        &mut self,
+        now: Instant,
+        completion: SendCompletion,
+    ) -> Result<(), CompletionError> {
+        let completed = match self.writer.complete(completion) {
+            Ok(completed) => completed,
+            Err(err) => {
+                if !matches!(self.state, State::Closed) {
+                    tracing::error!(connection = self.id, error = %err, "send seam violated");
+                    self.close_now(CloseReason::SendSeam(err.clone()));
+                }
+                return Err(err);
+            }
+        };
+        for frame in completed.frames.into_frames() {
+            self.on_frame_completed(&frame, completed.outcome.is_ok());
+        }
+        match completed.outcome {
+            Ok(()) => {
+                self.after_write(now);
+            }
+            Err(cause) => self.close_now(CloseReason::Transport(cause)),
+        }
+        Ok(())
+    }
+
+    /// Part of the write in progress was accepted; restarts its stall deadline.
+    pub fn handle_write_progress(
+        &mut self,
+        now: Instant,
+        ticket: &SendTicket,
+        bytes: usize,
+    ) -> Result<(), CompletionError> {
+        self.writer.progress(now, ticket, bytes)
+    }
+
+    /// Time has reached a deadline returned by `poll_timeout` (or later).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.writer.is_stalled(now) && !matches!(self.state, State::Closed) {
+            tracing::warn!(connection = self.id, "write stalled past its deadline");
+            self.close_now(CloseReason::Transport(TransportFault::Stalled));
+            return;
+        }
+        match self.state {
+            State::AwaitConnect { deadline } if now >= deadline => {
+                self.close_now(CloseReason::ConnectTimeout);
+            }
+            State::Established => {
+                if self.keep_alive_deadline.is_some_and(|d| now >= d) {
+                    // v5 tells the client why before closing [MQTT-3.1.2-22].
+                    self.close_with(
+                        now,
+                        CloseReason::KeepAliveTimeout,
+                        ReasonCode::KeepAliveTimeout,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The transport's read side ended (EOF or error).
+    pub fn handle_transport_closed(&mut self, _now: Instant, fault: TransportFault) {
+        if !matches!(self.state, State::Closed) {
+            let reason = match self.state.closing_reason() {
+                // We were already closing; the peer hanging up is the expected end.
+                Some(reason) => reason,
+                None => CloseReason::Transport(fault),
+            };
+            self.close_now(reason);
+        }
+    }
+
+    // ----- commands -----
+
+    /// Accepts the CONNECT reported by `Event::Connect`: CONNACK is queued and the
+    /// session's unfinished flows are resent.
+    pub fn accept_connect(
+        &mut self,
+        now: Instant,
+        accept: ConnectAccept,
+    ) -> Result<(), ConnectionError> {
+        if !matches!(self.state, State::AwaitDecision) {
+            return Err(ConnectionError::NotAwaitingConnect);
+        }
+        let Some(connect) = self.connect.as_mut() else {
+            return Err(ConnectionError::NotAwaitingConnect);
+        };
+        if let Some(id) = &accept.assigned_client_id {
+            connect.client_id = id.clone();
+        }
+        self.session = accept.session;
+        let connack = self.build_connack(accept.session_present, accept.assigned_client_id);
+        self.enqueue_packet(&Packet::ConnAck(connack));
+        self.state = State::Established;
+        self.touch_keep_alive(now);
+        self.pump(now);
+        // Packets the client sent right behind CONNECT wait in the read buffer.
+        self.process_input(now);
+        Ok(())
+    }
+
+    /// Refuses the CONNECT with `reason` (an error code); the connection then closes.
+    pub fn reject_connect(
+        &mut self,
+        now: Instant,
+        reason: ReasonCode,
+    ) -> Result<(), ConnectionError> {
+        if !matches!(self.state, State::AwaitDecision) {
+            return Err(ConnectionError::NotAwaitingConnect);
+        }
+        if !reason.is_error() {
+            return Err(ConnectionError::NotARefusal(reason));
+        }
+        self.refuse_connect(now, CloseReason::Broker { reason }, reason);
+        Ok(())
+    }
+
+    /// Acknowledges an inbound QoS 1/2 publish once the broker holds it safely. `reason`
+    /// is the v5 reason code (0x00, 0x10 no matching subscribers, or an error).
+    pub fn accept_publish(&mut self, now: Instant, ack: InboundAck, reason: ReasonCode) {
+        if ack.connection != self.id || !self.is_established() {
+            // The connection this ack belongs to is gone; the client resends with DUP.
+            return;
+        }
+        self.on_publish_accepted(now, ack, reason);
+    }
+
+    pub fn send_suback(&mut self, now: Instant, suback: SubAck) {
+        if self.is_established() {
+            self.enqueue_packet(&Packet::SubAck(suback));
+            self.pump(now);
+        }
+    }
+
+    pub fn send_unsuback(&mut self, now: Instant, unsuback: UnsubAck) {
+        if self.is_established() {
+            self.enqueue_packet(&Packet::UnsubAck(unsuback));
+            self.pump(now);
+        }
+    }
+
+    pub fn send_auth(&mut self, now: Instant, auth: Auth) {
+        if matches!(self.state, State::AwaitDecision | State::Established)
+            && self.version == Some(ProtocolVersion::V5)
+        {
+            self.enqueue_packet(&Packet::Auth(auth));
+            self.pump(now);
+        }
+    }
+
+    /// Hands a message for the client to the session: sent when the window allows, queued
+    /// otherwise, dropped (and reported) when the queue is full.
+    pub fn deliver(&mut self, now: Instant, delivery: Delivery) -> DeliverOutcome {
+        if matches!(self.state, State::Closing(_) | State::Closed) {
+            return self.drop_delivery(&delivery, DropReason::ConnectionClosed);
+        }
+        if let Err(reason) = self
+            .session
+            .enqueue(delivery.clone(), self.config.max_queued_messages)
+        {
+            self.events.push_back(Event::Dropped {
+                topic: delivery.topic,
+                qos: delivery.qos,
+                reason,
+            });
+            return DeliverOutcome::Dropped(reason);
+        }
+        self.pump(now);
+        DeliverOutcome::Accepted
+    }
+
+    /// Ends the connection from the broker's side (takeover 0x8E, shutdown 0x8B, ...).
+    /// v5 clients are told the reason in a DISCONNECT first.
+    pub fn disconnect(&mut self, now: Instant, reason: ReasonCode) {
+        match self.state {
+            State::Established => self.close_with(now, CloseReason::Broker { reason }, reason),
+            State::AwaitConnect { .. } | State::AwaitDecision => {
+                self.close_now(CloseReason::Broker { reason })
+            }
+            State::Closing(_) | State::Closed => {}
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next write for the transport, if the writer is idle and frames are waiting.
+    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Transmit> {
+        let outbox = &mut self.outbox;
+        let outbox_bytes = &mut self.outbox_bytes;
+        let limit = self.config.max_batch_bytes;
+        self.writer.try_start(_now, || {
+            let first = outbox.pop_front()?;
+            *outbox_bytes -= first.wire_len();
+            let mut size = first.wire_len();
+            let mut batch = super::frame::FrameBatch::new(first);
+            while let Some(next) = outbox.front() {
+                if size + next.wire_len() > limit {
+                    break;
+                }
+                size += next.wire_len();
+                *outbox_bytes -= next.wire_len();
+                if let Some(frame) = outbox.pop_front() {
+                    batch.push(frame);
+                }
+            }
+            Some(batch)
+        })
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest deadline: the write stall deadline, CONNECT timeout or keep-alive.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let state_deadline = match self.state {
+            State::AwaitConnect { deadline } => Some(deadline),
+            State::Established => self.keep_alive_deadline,
+            _ => None,
+        };
+        [state_deadline, self.writer.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Ends the connection (if it has not ended) and hands back the session, with every
+    /// unfinished flow queued for the next connection, and what the broker must do.
+    pub fn into_session(mut self) -> (SessionState, CloseReport) {
+        if !matches!(self.state, State::Closed) {
+            let reason = self
+                .state
+                .closing_reason()
+                .unwrap_or(CloseReason::Transport(TransportFault::PeerClosed));
+            self.close_now(reason);
+        }
+        let abandoned = self.writer.abandon().unwrap_or_default();
+        let unsent = self.outbox.len();
+        // Frames never handed out never reached the peer: their flows resend without DUP.
+        for frame in std::mem::take(&mut self.outbox) {
+            self.on_unsent_frame(&frame);
+        }
+        for meta in &abandoned {
+            if meta.packet_type == super::packet::PacketType::Publish && meta.packet_id.is_none() {
+                self.session.drops.count(DropReason::ConnectionClosed);
+            }
+        }
+        self.session.requeue_all();
+        let reason = self
+            .close_reason
+            .clone()
+            .unwrap_or(CloseReason::Transport(TransportFault::PeerClosed));
+        let will = self
+            .connect
+            .as_mut()
+            .and_then(|c| c.will.take())
+            .filter(|_| reason.publishes_will());
+        let report = CloseReport {
+            reason,
+            will,
+            session_expiry: self.session_expiry,
+            abandoned,
+            unsent,
+        };
+        (self.session, report)
+    }
+
+    // ----- transitions -----
+
+    /// Closes after telling the client why (v5 DISCONNECT); v3.1.1 closes at once.
+    fn close_with(&mut self, now: Instant, reason: CloseReason, code: ReasonCode) {
+        if matches!(self.state, State::Closing(_) | State::Closed) {
+            return;
+        }
+        tracing::debug!(connection = self.id, %reason, "closing");
+        if self.version == Some(ProtocolVersion::V5) && matches!(self.state, State::Established) {
+            self.enqueue_packet(&Packet::Disconnect(Disconnect::new(code)));
+            self.state = State::Closing(reason);
+            self.after_write(now);
+        } else {
+            self.close_now(reason);
+        }
+    }
+
+    /// Refuses a CONNECT: CONNACK with the reason (both versions), then close.
+    fn refuse_connect(&mut self, now: Instant, reason: CloseReason, code: ReasonCode) {
+        let connack = super::packet::ConnAck {
+            session_present: false,
+            reason: code,
+            properties: Default::default(),
+        };
+        self.enqueue_packet(&Packet::ConnAck(connack));
+        self.state = State::Closing(reason);
+        self.after_write(now);
+    }
+
+    /// Enters `Closed` at once; frames still queued are accounted for in `into_session`.
+    fn close_now(&mut self, reason: CloseReason) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        tracing::debug!(connection = self.id, %reason, "connection closed");
+        self.state = State::Closed;
+        self.close_reason = Some(reason.clone());
+        if !self.closed_event_sent {
+            self.closed_event_sent = true;
+            self.events.push_back(Event::Closed(reason));
+        }
+    }
+
+    /// After a write completes: a closing connection closes once everything is written;
+    /// otherwise more input may now be read and more messages sent.
+    fn after_write(&mut self, now: Instant) {
+        if let State::Closing(reason) = &self.state {
+            if self.outbox.is_empty() && self.writer.is_idle() {
+                let reason = reason.clone();
+                self.close_now(reason);
+            }
+            return;
+        }
+        self.pump(now);
+        self.process_input(now);
+    }
+
+    fn touch_keep_alive(&mut self, now: Instant) {
+        // 1.5 times the keep-alive without a packet ends the connection [MQTT-3.1.2-22].
+        self.keep_alive_deadline = (self.keep_alive > 0)
+            .then(|| now + Duration::from_millis(u64::from(self.keep_alive) * 1500));
+    }
+}
+
+impl State {
+    fn closing_reason(&self) -> Option<CloseReason> {
+        match self {
+            State::Closing(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+}
+
+pub use super::session::Delivery;

@@ -1,0 +1,265 @@
+//! The protocol state of a session that outlives one connection: outbound QoS 1/2 flows,
+//! messages queued for the client, inbound QoS 2 packet ids awaiting PUBREL, and packet-id
+//! allocation. A [`Connection`](super::Connection) owns it while connected and hands it
+//! back when it ends; the broker keeps it (and queues into it) while the client is away.
+//!
+//! Outbound flow of one QoS 1/2 message (DESIGN §3: written is not acknowledged):
+//! ```text
+//!                 window has room
+//!  queue ──────────────────────────► Sending ──written──► AwaitPuback ──PUBACK──► (gone)
+//!  (Delivery,                          │     (QoS 1)
+//!   no id yet)                         │
+//!                                      └─────written──► AwaitPubrec ──PUBREC──► Releasing
+//!                                            (QoS 2)                              │ written
+//!                                                                                 ▼
+//!                        (gone) ◄──PUBCOMP── AwaitPubcomp ◄──────────────────────┘
+//!
+//!  A peer ack that overtakes our write completion moves the flow to Done; the id is freed
+//!  when the last frame of the flow completes, so an id is never reused while in flight.
+//!  When a connection ends, every live flow becomes Queued and is resent on the next
+//!  connection: PUBLISH with DUP=1 if it may have been written, else PUBREL [MQTT-4.4.0-1].
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::packet::Properties;
+use super::types::{PacketId, QoS, TopicName};
+
+/// One message for one subscriber, as the broker hands it to a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub topic: TopicName,
+    /// Shared with every other subscriber of the same publish.
+    pub payload: Bytes,
+    /// Already the minimum of the publish QoS and the granted QoS.
+    pub qos: QoS,
+    pub retain: bool,
+    /// Properties forwarded to the subscriber (payload format, content type, response
+    /// topic, correlation data, user properties, subscription identifiers). The message
+    /// expiry interval is rewritten from `expires_at` when the message is sent.
+    pub properties: Properties,
+    /// When the message expires [MQTT-3.3.2-5]; it is dropped, not sent, after that.
+    pub expires_at: Option<Instant>,
+}
+
+impl Delivery {
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// What to send again for a flow that was live when a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resend {
+    /// The PUBLISH; `dup` when it may have reached the peer.
+    Publish { dup: bool },
+    /// The PUBREL of a QoS 2 flow whose PUBREC arrived.
+    Pubrel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutState {
+    /// Waiting to be (re)sent on this or the next connection.
+    Queued(Resend),
+    /// The PUBLISH frame is in the outbox or being written.
+    Sending,
+    AwaitPuback,
+    AwaitPubrec,
+    /// The PUBREL frame is in the outbox or being written.
+    Releasing,
+    AwaitPubcomp,
+    /// The peer finished the flow while one of its frames was still being written.
+    Done,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct OutFlow {
+    /// Order of first sending, kept across reconnects [MQTT-4.6.0-1]; also the guard that
+    /// stops a late frame completion from touching a newer flow with the same packet id.
+    pub seq: u64,
+    pub message: Delivery,
+    pub state: OutState,
+    /// Frames of this flow handed to the outbox and not yet completed.
+    pub frames_pending: u32,
+}
+
+/// Why a message for a session was dropped instead of queued or sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    QueueFull,
+    Expired,
+    /// Larger than the client's maximum packet size [MQTT-3.1.2-24].
+    TooLarge,
+    /// QoS 0 that was queued or being written when the connection ended.
+    ConnectionClosed,
+}
+
+/// Counters of dropped messages, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    pub queue_full: u64,
+    pub expired: u64,
+    pub too_large: u64,
+    pub connection_closed: u64,
+}
+
+impl DropCounts {
+    pub(crate) fn count(&mut self, reason: DropReason) {
+        let slot = match reason {
+            DropReason::QueueFull => &mut self.queue_full,
+            DropReason::Expired => &mut self.expired,
+            DropReason::TooLarge => &mut self.too_large,
+            DropReason::ConnectionClosed => &mut self.connection_closed,
+        };
+        *slot += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.queue_full + self.expired + self.too_large + self.connection_closed
+    }
+}
+
+/// Session state that survives the connection.
+#[derive(Debug, Clone)]
+pub struct SessionState {
+    next_packet_id: PacketId,
+    next_seq: u64,
+    pub(crate) outbound: BTreeMap<PacketId, OutFlow>,
+    pub(crate) queue: VecDeque<Delivery>,
+    /// Inbound QoS 2 publishes the broker has taken, awaiting the client's PUBREL.
+    pub(crate) inbound_qos2: BTreeSet<PacketId>,
+    pub(crate) drops: DropCounts,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        SessionState::new()
+    }
+}
+
+impl SessionState {
+    pub fn new() -> SessionState {
+        SessionState {
+            next_packet_id: PacketId::MIN,
+            next_seq: 0,
+            outbound: BTreeMap::new(),
+            queue: VecDeque::new(),
+            inbound_qos2: BTreeSet::new(),
+            drops: DropCounts::default(),
+        }
+    }
+
+    /// Queues a message while the client is away (or behind its window). QoS 0 messages
+    /// are queued too only if `queue_qos0`; a full queue drops the new message.
+    pub fn enqueue(&mut self, delivery: Delivery, limit: usize) -> Result<(), DropReason> {
+        if self.queue.len() >= limit {
+            self.drops.count(DropReason::QueueFull);
+            return Err(DropReason::QueueFull);
+        }
+        self.queue.push_back(delivery);
+        Ok(())
+    }
+
+    /// Messages waiting for the client, oldest first.
+    pub fn queued(&self) -> impl Iterator<Item = &Delivery> {
+        self.queue.iter()
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Outbound QoS 1/2 messages with a packet id that the client has not finished.
+    pub fn inflight_len(&self) -> usize {
+        self.outbound.len()
+    }
+
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub fn awaiting_pubrel(&self) -> impl Iterator<Item = PacketId> + '_ {
+        self.inbound_qos2.iter().copied()
+    }
+
+    pub fn drops(&self) -> DropCounts {
+        self.drops
+    }
+
+    /// Drops expired messages from the queue (an offline session's queue does not grow
+    /// with dead messages); returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let before = self.queue.len();
+        self.queue.retain(|d| !d.is_expired(now));
+        let dropped = before - self.queue.len();
+        for _ in 0..dropped {
+            self.drops.count(DropReason::Expired);
+        }
+        dropped
+    }
+
+    /// Outbound flows that are live on a connection (not queued for resending).
+    pub(crate) fn window_used(&self) -> usize {
+        self.outbound
+            .values()
+            .filter(|f| !matches!(f.state, OutState::Queued(_)))
+            .count()
+    }
+
+    /// A packet id not held by any outbound flow, or `None` if all 65535 are.
+    pub(crate) fn free_packet_id(&self) -> Option<PacketId> {
+        let mut id = self.next_packet_id;
+        for _ in 0..u16::MAX {
+            if !self.outbound.contains_key(&id) {
+                return Some(id);
+            }
+            id = id.next();
+        }
+        None
+    }
+
+    pub(crate) fn start_flow(&mut self, id: PacketId, message: Delivery) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.next_packet_id = id.next();
+        self.outbound.insert(
+            id,
+            OutFlow {
+                seq,
+                message,
+                state: OutState::Sending,
+                frames_pending: 1,
+            },
+        );
+        seq
+    }
+
+    /// The queued flow sent first on the earliest connection, if any.
+    pub(crate) fn next_queued_flow(&self) -> Option<(PacketId, Resend)> {
+        self.outbound
+            .iter()
+            .filter_map(|(id, f)| match f.state {
+                OutState::Queued(resend) => Some((f.seq, *id, resend)),
+                _ => None,
+            })
+            .min_by_key(|(seq, _, _)| *seq)
+            .map(|(_, id, resend)| (id, resend))
+    }
+
+    /// Called when a connection ends: every live flow is queued for resending and flows the
+    /// peer finished are released.
+    pub(crate) fn requeue_all(&mut self) {
+        self.outbound.retain(|_, flow| {
+            flow.frames_pending = 0;
+            flow.state = match flow.state {
+                OutState::Queued(resend) => OutState::Queued(resend),
+                OutState::Sending | OutState::AwaitPuback | OutState::AwaitPubrec => {
+                    OutState::Queued(Resend::Publish { dup: true })
+                }
+                OutState::Releasing | OutState::AwaitPubcomp => OutState::Queued(Resend::Pubrel),
+                OutState::Done => return false,
+            };
+            true
+        });
+    }
+}
