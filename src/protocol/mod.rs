@@ -12,6 +12,7 @@ mod snapshot;
 pub mod types;
 pub mod writer;
 
+pub use codec::{DecodeError, Decoder, EncodeError, Encoded};
 pub use connection::{
     CloseReport, ConnectAccept, Connection, ConnectionConfig, DeliverOutcome, Event, InboundAck,
 };
