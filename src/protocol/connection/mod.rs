@@ -28,6 +28,8 @@
 //!                               Closed
 //! ```
 
+#[cfg(test)]
+mod conservation;
 mod inbound;
 mod outbound;
 #[cfg(test)]
@@ -472,11 +474,9 @@ impl Connection {
     }
 
     /// Hands a message for the client to the session: sent when the window allows, queued
-    /// otherwise, dropped (and reported) when the queue is full.
+    /// otherwise (also while the connection ends: it goes back to the broker with the
+    /// session), dropped and reported when the queue is full.
     pub fn deliver(&mut self, now: Instant, delivery: Delivery) -> DeliverOutcome {
-        if matches!(self.state, State::Closing(_) | State::Closed) {
-            return self.drop_delivery(&delivery, DropReason::ConnectionClosed);
-        }
         if let Err(reason) = self
             .session
             .enqueue(delivery.clone(), self.config.max_queued_messages)

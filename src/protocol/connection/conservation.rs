@@ -1,0 +1,390 @@
+//! Property test of the conservation invariant (DESIGN §3): for any interleaving of
+//! deliveries, peer packets, completions (good, failed, forged), progress reports, timeouts
+//! and transport loss, every frame handed out is completed exactly once or reported
+//! abandoned at close, and every QoS 1/2 message accepted is acknowledged by the peer,
+//! still held by the session, or dropped and counted; never two of these, never none.
+//! A second connection then resumes the session and must finish every held message.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::tests::{connect_packet, pid, Harness};
+use super::*;
+use crate::protocol::frame::FrameBatch;
+use crate::protocol::packet::{Ack, Properties, Publish};
+use crate::protocol::session::Delivery;
+use crate::protocol::types::QosPid;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Deliver { qos: u8, big: bool },
+    Transmit,
+    Complete,
+    Fail,
+    Progress,
+    ForgedCompletion,
+    PeerAck,
+    PeerPublish { qos: u8 },
+    BrokerAccept,
+    Ping,
+    Advance { secs: u8 },
+    TransportClosed,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..3, proptest::bool::weighted(0.1)).prop_map(|(qos, big)| Op::Deliver { qos, big }),
+        6 => Just(Op::Transmit),
+        6 => Just(Op::Complete),
+        1 => Just(Op::Fail),
+        2 => Just(Op::Progress),
+        1 => Just(Op::ForgedCompletion),
+        6 => Just(Op::PeerAck),
+        3 => (0u8..3).prop_map(|qos| Op::PeerPublish { qos }),
+        3 => Just(Op::BrokerAccept),
+        1 => Just(Op::Ping),
+        1 => (0u8..120).prop_map(|secs| Op::Advance { secs }),
+        1 => Just(Op::TransportClosed),
+    ]
+}
+
+/// What the model peer and the test know, outside the connection.
+#[derive(Default)]
+struct Ledger {
+    accepted: BTreeSet<String>,
+    /// QoS 1/2 messages the peer has finished (sent PUBACK / PUBCOMP, processed).
+    finished: BTreeSet<String>,
+    dropped: BTreeSet<String>,
+    /// Every PUBLISH the peer received, by topic.
+    received: BTreeSet<String>,
+    qos0_accepted: u64,
+    qos0_received: u64,
+    qos0_dropped_events: u64,
+    /// Publishes the peer holds unanswered, and QoS 2 ids it has released.
+    unanswered: Vec<(PacketId, QoS, String)>,
+    releases: BTreeMap<PacketId, String>,
+    next: u32,
+}
+
+impl Ledger {
+    /// Reads what the peer received and the broker was told since the last look; returns
+    /// the acks of inbound publishes for the broker to give back.
+    fn absorb(&mut self, h: &mut Harness) -> Vec<InboundAck> {
+        for packet in h.take_received() {
+            match packet {
+                Packet::Publish(p) => {
+                    let name = p.topic.as_str().to_string();
+                    match p.qos_pid {
+                        QosPid::AtMostOnce => self.qos0_received += 1,
+                        QosPid::AtLeastOnce(id) | QosPid::ExactlyOnce(id) => {
+                            self.unanswered.retain(|(i, _, _)| *i != id);
+                            self.unanswered.push((id, p.qos(), name.clone()));
+                        }
+                    }
+                    self.received.insert(name);
+                }
+                Packet::PubRel(a) => {
+                    // A PUBREL resent on a new connection names a flow this peer model
+                    // has not seen; it completes it all the same.
+                    let name = self.releases.get(&a.packet_id).cloned().unwrap_or_default();
+                    self.unanswered.push((a.packet_id, QoS::AtMostOnce, name));
+                }
+                _ => {}
+            }
+        }
+        let mut acks = Vec::new();
+        for event in std::mem::take(&mut h.events) {
+            match event {
+                Event::Dropped { topic, qos, .. } => {
+                    if qos == QoS::AtMostOnce {
+                        self.qos0_dropped_events += 1;
+                    }
+                    self.dropped.insert(topic.as_str().to_string());
+                }
+                Event::Publish { ack: Some(ack), .. } => acks.push(ack),
+                _ => {}
+            }
+        }
+        acks
+    }
+
+    /// The peer answers its oldest unanswered packet: PUBACK, PUBREC, or (for a PUBREL,
+    /// recorded with QoS 0 here) PUBCOMP.
+    fn answer(&mut self, h: &mut Harness) {
+        if self.unanswered.is_empty() || !h.conn.is_established() || !h.conn.wants_read() {
+            return;
+        }
+        let (id, qos, name) = self.unanswered.remove(0);
+        let packet = match qos {
+            QoS::AtLeastOnce => {
+                self.finished.insert(name);
+                Packet::PubAck(Ack::new(id))
+            }
+            QoS::ExactlyOnce => {
+                self.releases.insert(id, name);
+                Packet::PubRec(Ack::new(id))
+            }
+            QoS::AtMostOnce => {
+                self.releases.remove(&id);
+                if !name.is_empty() {
+                    self.finished.insert(name);
+                }
+                Packet::PubComp(Ack::new(id))
+            }
+        };
+        h.send(&packet);
+    }
+}
+
+fn placeholder_publish() -> Publish {
+    Publish {
+        dup: false,
+        qos_pid: QosPid::AtMostOnce,
+        retain: false,
+        topic: super::tests::topic("in"),
+        payload: Bytes::new(),
+        properties: Properties::default(),
+    }
+}
+
+fn qos_of(n: u8) -> QoS {
+    QoS::from_bits(n).unwrap_or(QoS::AtMostOnce)
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut connect = connect_packet(ProtocolVersion::V5, "prop");
+    connect.properties.receive_maximum = std::num::NonZeroU16::new(3);
+    connect.properties.maximum_packet_size = std::num::NonZeroU32::new(256);
+    connect.properties.topic_alias_maximum = Some(2);
+    let config = ConnectionConfig {
+        max_queued_messages: 8,
+        max_batch_bytes: 64,
+        ..ConnectionConfig::default()
+    };
+    let mut h = Harness::connected(config.clone(), connect.clone(), SessionState::new());
+    let mut ledger = Ledger::default();
+    let mut held: Option<Transmit> = None;
+    let mut inbound_acks: Vec<InboundAck> = Vec::new();
+    let mut next_inbound = 1u16;
+    static BIG: [u8; 300] = [1; 300];
+
+    for op in ops {
+        match op {
+            Op::Deliver { qos, big } => {
+                ledger.next += 1;
+                let name = format!("m/{}", ledger.next);
+                let qos = qos_of(qos);
+                let delivery = Delivery {
+                    topic: super::tests::topic(&name),
+                    payload: if big {
+                        Bytes::from_static(&BIG)
+                    } else {
+                        Bytes::from_static(b"p")
+                    },
+                    qos,
+                    retain: false,
+                    properties: Properties::default(),
+                    expires_at: None,
+                };
+                if h.conn.deliver(h.now, delivery) == DeliverOutcome::Accepted {
+                    if qos == QoS::AtMostOnce {
+                        ledger.qos0_accepted += 1;
+                    } else {
+                        ledger.accepted.insert(name);
+                    }
+                } else if qos == QoS::AtMostOnce {
+                    // A refused QoS 0 delivery is reported by a Dropped event; balance it.
+                    ledger.qos0_accepted += 1;
+                }
+            }
+            Op::Transmit => {
+                if held.is_none() {
+                    held = h.take_transmit();
+                } else {
+                    prop_assert!(
+                        h.conn.poll_transmit(h.now).is_none(),
+                        "a second write started"
+                    );
+                }
+            }
+            Op::Complete => {
+                if let Some(t) = held.take() {
+                    h.complete(t);
+                }
+            }
+            Op::Fail => {
+                if let Some(t) = held.take() {
+                    h.fail(t, TransportFault::WriteZero);
+                }
+            }
+            Op::Progress => {
+                if let Some(t) = &held {
+                    let _ = h.conn.handle_write_progress(h.now, &t.ticket, 1);
+                }
+            }
+            Op::ForgedCompletion => {
+                let forged = SendCompletion::Written {
+                    ticket: SendTicket::forged(u64::MAX),
+                    frames: FrameBatch::new(
+                        OutboundFrame::encode(
+                            &Packet::PingResp,
+                            ProtocolVersion::V5,
+                            2,
+                            &mut bytes::BytesMut::new(),
+                        )
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?,
+                    ),
+                };
+                prop_assert!(h.conn.handle_completion(h.now, forged).is_err());
+            }
+            Op::PeerAck => ledger.answer(&mut h),
+            Op::PeerPublish { qos } => {
+                if h.conn.is_established() && h.conn.wants_read() {
+                    let id = pid(next_inbound);
+                    next_inbound = next_inbound % 1000 + 1;
+                    let qos_pid = QosPid::from_parts(qos_of(qos), (qos > 0).then_some(id))
+                        .unwrap_or(QosPid::AtMostOnce);
+                    h.send(&Packet::Publish(Publish {
+                        qos_pid,
+                        ..placeholder_publish()
+                    }));
+                }
+            }
+            Op::BrokerAccept => {
+                if let Some(ack) = inbound_acks.pop() {
+                    h.conn.accept_publish(h.now, ack, ReasonCode::Success);
+                }
+            }
+            Op::Ping => {
+                if h.conn.is_established() && h.conn.wants_read() {
+                    h.send(&Packet::PingReq);
+                }
+            }
+            Op::Advance { secs } => h.advance(Duration::from_secs(u64::from(secs))),
+            Op::TransportClosed => h
+                .conn
+                .handle_transport_closed(h.now, TransportFault::PeerClosed),
+        }
+        h.drain_events();
+        inbound_acks.extend(ledger.absorb(&mut h));
+    }
+
+    // The end of the connection: whatever is outstanding is abandoned.
+    h.conn
+        .handle_transport_closed(h.now, TransportFault::PeerClosed);
+    h.drain_events();
+    let _ = ledger.absorb(&mut h);
+    let handed_out = h.handed_out;
+    let completed = h.completed;
+    let conn = std::mem::replace(&mut h.conn, Connection::new(config.clone(), h.now));
+    let (session, report) = conn.into_session();
+    drop(held);
+    prop_assert_eq!(
+        handed_out,
+        completed + report.abandoned.len(),
+        "frames handed out vs completed + abandoned"
+    );
+
+    // Every accepted QoS 1/2 message is in exactly one place.
+    let mut held_by_session: Vec<String> = session
+        .queued()
+        .map(|d| d.topic.as_str().to_string())
+        .collect();
+    held_by_session.extend(
+        session
+            .outbound
+            .values()
+            .map(|f| f.message.topic.as_str().to_string()),
+    );
+    let held_set: BTreeSet<String> = held_by_session.iter().cloned().collect();
+    prop_assert_eq!(
+        held_set.len(),
+        held_by_session.len(),
+        "a message held twice"
+    );
+    for name in &ledger.accepted {
+        let places = [
+            held_set.contains(name),
+            ledger.finished.contains(name),
+            ledger.dropped.contains(name),
+        ];
+        prop_assert_eq!(
+            places.iter().filter(|p| **p).count(),
+            1,
+            "{} is in {:?}",
+            name,
+            places
+        );
+    }
+    let drops = session.drops();
+    prop_assert_eq!(
+        ledger.qos0_accepted,
+        ledger.qos0_received
+            + drops.connection_closed
+            + ledger.qos0_dropped_events
+            + session
+                .queued()
+                .filter(|d| d.qos == QoS::AtMostOnce)
+                .count() as u64,
+        "QoS 0 conservation"
+    );
+
+    // Resume: a new connection finishes everything the session holds.
+    let mut resumed = connect;
+    resumed.clean_start = false;
+    let mut h2 = Harness::connected(config, resumed, session);
+    let mut ledger2 = Ledger {
+        received: BTreeSet::new(),
+        ..Ledger::default()
+    };
+    for _ in 0..1000 {
+        h2.flush();
+        let _ = ledger2.absorb(&mut h2);
+        if ledger2.unanswered.is_empty() {
+            break;
+        }
+        while !ledger2.unanswered.is_empty() {
+            ledger2.answer(&mut h2);
+            h2.flush();
+            let _ = ledger2.absorb(&mut h2);
+        }
+    }
+    prop_assert_eq!(
+        h2.conn.session().inflight_len(),
+        0,
+        "flows left after resume"
+    );
+    let still_queued: Vec<_> = h2
+        .conn
+        .session()
+        .queued()
+        .filter(|d| d.qos != QoS::AtMostOnce)
+        .collect();
+    prop_assert!(
+        still_queued.is_empty(),
+        "messages left after resume: {:?}",
+        still_queued
+    );
+    for name in &held_set {
+        prop_assert!(
+            ledger2.received.contains(name)
+                || ledger2.dropped.contains(name)
+                || ledger.received.contains(name),
+            "{} was never delivered",
+            name
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("TWINMQ_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2048), ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_frame_and_message_is_accounted_for(ops in proptest::collection::vec(op(), 1..150)) {
+        run(ops)?;
+    }
+}
