@@ -16,6 +16,38 @@
 //!   ignored when encoding 3.1.1, as the [`packet`](crate::protocol::packet) docs say.
 //! - [`encoded_len`] runs the same body writer as [`encode`] over a byte counter, so the two
 //!   agree by construction.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use twinmq::protocol::codec::{self, Decoder};
+//! use twinmq::protocol::{Disconnect, Packet, ProtocolVersion, ReasonCode};
+//!
+//! let v5 = ProtocolVersion::V5;
+//! let mut decoder = Decoder::with_version(v5, 1024);
+//! let mut read_buf = BytesMut::from(&[0xE0, 0x01][..]);
+//! assert_eq!(decoder.decode(&mut read_buf), Ok(None)); // waits for the reason code
+//! read_buf.extend_from_slice(&[0x8E]);
+//! let packet = decoder.decode(&mut read_buf)?.expect("whole packet");
+//! assert_eq!(packet, Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver)));
+//!
+//! let mut scratch = BytesMut::new();
+//! let encoded = codec::encode(&packet, v5, &mut scratch)?;
+//! assert_eq!(encoded.head.as_ref(), &[0xE0, 0x01, 0x8E]);
+//! assert_eq!(codec::encoded_len(&packet, v5)?, encoded.wire_len());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+// Network input must never panic the decoder: no indexing, unwrap or panic outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
 
 mod decode;
 mod encode;

@@ -52,10 +52,10 @@ pub(crate) struct PropertySet {
 impl PropertySet {
     const fn new(name: &'static str, packet_type: PacketType, ids: &[u8]) -> PropertySet {
         let mut allowed = 0u64;
-        let mut i = 0;
-        while i < ids.len() {
-            allowed |= 1 << ids[i];
-            i += 1;
+        let mut rest = ids;
+        while let [id, tail @ ..] = rest {
+            allowed |= 1 << *id;
+            rest = tail;
         }
         PropertySet {
             name,
