@@ -662,3 +662,114 @@ fn packet_identifier_zero_is_malformed() {
         assert_eq!(err, DecodeError::ZeroPacketId { packet_type });
     }
 }
+
+/// A valid value for each property identifier, identifier included.
+fn one_property(id: u8) -> Vec<u8> {
+    let value: &[u8] = match id {
+        0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => &[1],
+        0x02 | 0x11 | 0x18 | 0x27 => &[0, 0, 0, 1],
+        0x13 | 0x21 | 0x22 | 0x23 => &[0, 1],
+        0x0B => &[1],
+        0x26 => &[0, 1, b'k', 0, 1, b'v'],
+        // Strings and binary data; authentication data brings its method along.
+        0x16 => return vec![0x15, 0, 1, b'm', 0x16, 0, 1, 0xFF],
+        _ => &[0, 1, b'x'],
+    };
+    [&[id][..], value].concat()
+}
+
+/// The allowed properties per packet, transcribed from the spec's table (§2.2.2.2) rather
+/// than from `properties.rs`, so the two are checked against each other.
+#[test]
+fn each_packet_type_allows_exactly_its_properties() {
+    const ACK: &[u8] = &[0x1F, 0x26];
+    let cases: [(&str, &[u8], fn(&[u8]) -> Vec<u8>); 13] = [
+        (
+            "CONNECT",
+            &[0x11, 0x21, 0x27, 0x22, 0x19, 0x17, 0x26, 0x15, 0x16],
+            |p| connect_v5_with_properties(p),
+        ),
+        ("will", &[0x18, 0x01, 0x02, 0x03, 0x08, 0x09, 0x26], |p| {
+            let mut body = vec![
+                0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x06, 0x00, 0x3C, 0x00,
+            ];
+            body.extend_from_slice(&[0x00, 0x01, b'c']);
+            body.extend_from_slice(p);
+            body.extend_from_slice(&[0x00, 0x01, b'w', 0x00, 0x00]);
+            with_header(0x10, &body)
+        }),
+        (
+            "CONNACK",
+            &[
+                0x11, 0x21, 0x24, 0x25, 0x27, 0x12, 0x22, 0x1F, 0x26, 0x28, 0x29, 0x2A, 0x13, 0x1A,
+                0x1C, 0x15, 0x16,
+            ],
+            |p| with_header(0x20, &[&[0x00, 0x00][..], p].concat()),
+        ),
+        (
+            "PUBLISH",
+            &[0x01, 0x02, 0x23, 0x08, 0x09, 0x26, 0x0B, 0x03],
+            |p| publish_v5_with_properties(b"t", p),
+        ),
+        ("PUBACK", ACK, |p| {
+            with_header(0x40, &[&[0, 1, 0][..], p].concat())
+        }),
+        ("PUBREC", ACK, |p| {
+            with_header(0x50, &[&[0, 1, 0][..], p].concat())
+        }),
+        ("PUBREL", ACK, |p| {
+            with_header(0x62, &[&[0, 1, 0][..], p].concat())
+        }),
+        ("PUBCOMP", ACK, |p| {
+            with_header(0x70, &[&[0, 1, 0][..], p].concat())
+        }),
+        ("SUBSCRIBE", &[0x0B, 0x26], |p| {
+            with_header(0x82, &[&[0, 1][..], p, &[0, 1, b'a', 0]].concat())
+        }),
+        ("SUBACK", ACK, |p| {
+            with_header(0x90, &[&[0, 1][..], p, &[0]].concat())
+        }),
+        ("UNSUBSCRIBE", &[0x26], |p| {
+            with_header(0xA2, &[&[0, 1][..], p, &[0, 1, b'a']].concat())
+        }),
+        ("UNSUBACK", ACK, |p| {
+            with_header(0xB0, &[&[0, 1][..], p, &[0]].concat())
+        }),
+        ("DISCONNECT", &[0x11, 0x1F, 0x26, 0x1C], |p| {
+            with_header(0xE0, &[&[0][..], p].concat())
+        }),
+    ];
+    let auth: (&str, &[u8], fn(&[u8]) -> Vec<u8>) = ("AUTH", &[0x15, 0x16, 0x1F, 0x26], |p| {
+        with_header(0xF0, &[&[0][..], p].concat())
+    });
+    let known = [
+        0x01u8, 0x02, 0x03, 0x08, 0x09, 0x0B, 0x11, 0x12, 0x13, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1A,
+        0x1C, 0x1F, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2A,
+    ];
+    for (name, allowed, build) in cases.into_iter().chain([auth]) {
+        for id in known {
+            let property = one_property(id);
+            let section = [&[property.len() as u8][..], &property].concat();
+            let result = decode(V5, &build(&section));
+            if allowed.contains(&id) {
+                assert!(result.is_ok(), "{name} refused {id:#04x}: {result:?}");
+            } else {
+                let err = result.expect_err("not allowed");
+                assert!(
+                    matches!(err, DecodeError::PropertyNotAllowed { .. }),
+                    "{name} {id:#04x}: {err}"
+                );
+                assert_eq!(err.reason_code(), MALFORMED);
+            }
+        }
+    }
+}
+
+#[test]
+fn v311_has_no_properties_so_the_bytes_are_payload() {
+    let Ok(Packet::Publish(p)) = decode(V3, &[0x30, 0x05, 0x00, 0x01, b't', 0x00, 0x07]) else {
+        panic!("valid 3.1.1 publish");
+    };
+    assert_eq!(p.payload.as_ref(), &[0x00, 0x07]);
+    assert!(p.properties.is_empty());
+}
