@@ -17,3 +17,4 @@
 //! (`transport`, `broker`, `store`, `fault`, `bench`, `client`, `config`) build on it.
 
 pub mod protocol;
+pub mod transport;

@@ -99,6 +99,10 @@ pub enum Violation {
     EmptyClientIdWithoutCleanSession,
     #[error("AUTH without an authentication method in CONNECT")]
     UnexpectedAuth,
+    #[error("PUBLISH from a client with a subscription identifier [MQTT-3.3.4-6]")]
+    SubscriptionIdentifierFromClient,
+    #[error("payload format indicator says UTF-8 but the payload is not [MQTT-3.3.2-4]")]
+    PayloadNotUtf8,
 }
 
 /// A command the connection could not carry out.

@@ -21,6 +21,8 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -37,10 +39,12 @@ pub struct Delivery {
     /// Already the minimum of the publish QoS and the granted QoS.
     pub qos: QoS,
     pub retain: bool,
-    /// Properties forwarded to the subscriber (payload format, content type, response
-    /// topic, correlation data, user properties, subscription identifiers). The message
-    /// expiry interval is rewritten from `expires_at` when the message is sent.
-    pub properties: Properties,
+    /// Properties forwarded to every subscriber of the publish (payload format, content
+    /// type, response topic, correlation data, user properties): shared, not copied. The
+    /// message expiry interval is rewritten from `expires_at` when the message is sent.
+    pub properties: Arc<Properties>,
+    /// The identifiers of this subscriber's matching subscriptions [MQTT-3.3.4-3].
+    pub subscription_ids: Vec<NonZeroU32>,
     /// When the message expires [MQTT-3.3.2-5]; it is dropped, not sent, after that.
     pub expires_at: Option<Instant>,
 }

@@ -491,7 +491,10 @@ mod tests {
         assert_eq!(MqttString::new("a\0b"), Err(StringError::NullCharacter));
         // An encoded surrogate half (U+D800) is not UTF-8 [MQTT-1.5.4-1].
         let surrogate = Bytes::from_static(&[0xED, 0xA0, 0x80]);
-        assert_eq!(MqttString::from_bytes(surrogate), Err(StringError::InvalidUtf8));
+        assert_eq!(
+            MqttString::from_bytes(surrogate),
+            Err(StringError::InvalidUtf8)
+        );
         assert!(MqttString::new("température/°C").is_ok());
     }
 
@@ -505,7 +508,16 @@ mod tests {
 
     #[test]
     fn filters_need_whole_level_wildcards_with_hash_last() {
-        for ok in ["#", "+", "a/+/b", "a/#", "+/+", "/", "$share/g/a/#", "sport/+"] {
+        for ok in [
+            "#",
+            "+",
+            "a/+/b",
+            "a/#",
+            "+/+",
+            "/",
+            "$share/g/a/#",
+            "sport/+",
+        ] {
             assert!(TopicFilter::new(ok).is_ok(), "{ok}");
         }
         for bad in ["", "a#", "a/#/b", "a+/b", "a/b+", "##", "a/#/#"] {

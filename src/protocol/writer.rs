@@ -115,7 +115,7 @@ impl Writer {
     pub fn progress(
         &mut self,
         now: Instant,
-        ticket: &SendTicket,
+        ticket: u64,
         bytes: usize,
     ) -> Result<(), CompletionError> {
         let send_timeout = self.send_timeout;
@@ -126,7 +126,7 @@ impl Writer {
                 total,
                 deadline,
                 ..
-            } if *current == ticket.id() => {
+            } if *current == ticket => {
                 if bytes == 0 {
                     return Err(CompletionError::ZeroProgress { ticket: *current });
                 }
@@ -169,7 +169,7 @@ impl Writer {
                 self.state = WriterState::Idle;
                 Ok(Completed { frames, outcome })
             }
-            _ => Err(self.unknown(&ticket)),
+            _ => Err(self.unknown(ticket.id())),
         }
     }
 
@@ -195,13 +195,13 @@ impl Writer {
         }
     }
 
-    fn unknown(&self, ticket: &SendTicket) -> CompletionError {
+    fn unknown(&self, ticket: u64) -> CompletionError {
         let expected = match &self.state {
             WriterState::Idle => None,
             WriterState::Sending { ticket, .. } => Some(*ticket),
         };
         CompletionError::UnknownTicket {
-            got: ticket.id(),
+            got: ticket,
             expected,
         }
     }
@@ -283,13 +283,11 @@ mod tests {
                     0
                 };
                 match &held {
-                    Some(t) => describe(w.progress(t0, &t.ticket, n).map(|_| "ok")),
-                    None => describe(w.progress(t0, &SendTicket::forged(1), n).map(|_| "ok")),
+                    Some(t) => describe(w.progress(t0, t.ticket.id(), n).map(|_| "ok")),
+                    None => describe(w.progress(t0, 1, n).map(|_| "ok")),
                 }
             }
-            Event::ProgressUnknownTicket => {
-                describe(w.progress(t0, &SendTicket::forged(99), 1).map(|_| "ok"))
-            }
+            Event::ProgressUnknownTicket => describe(w.progress(t0, 99, 1).map(|_| "ok")),
             Event::Written | Event::Failed | Event::DuplicateWritten => {
                 let ticket_id = held.as_ref().map_or(1, |t| t.ticket.id());
                 let frames = held
@@ -403,7 +401,7 @@ mod tests {
             .try_start(t0, || Some(FrameBatch::new(frame(1))))
             .expect("idle writer starts");
         let t1 = t0 + Duration::from_secs(8);
-        w.progress(t1, &t.ticket, 1).expect("progress accepted");
+        w.progress(t1, t.ticket.id(), 1).expect("progress accepted");
         assert!(!w.is_stalled(t0 + Duration::from_secs(12)));
         assert!(w.is_stalled(t1 + Duration::from_secs(10)));
     }

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 
 use super::tests::{connect_packet, pid, Harness};
 use super::*;
-use crate::protocol::frame::FrameBatch;
+use crate::protocol::frame::{FrameBatch, SendTicket};
 use crate::protocol::packet::{Ack, Properties, Publish};
 use crate::protocol::session::Delivery;
 use crate::protocol::types::QosPid;
@@ -186,7 +186,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     },
                     qos,
                     retain: false,
-                    properties: Properties::default(),
+                    properties: Default::default(),
+                    subscription_ids: Vec::new(),
                     expires_at: None,
                 };
                 if h.conn.deliver(h.now, delivery) == DeliverOutcome::Accepted {
@@ -222,7 +223,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Progress => {
                 if let Some(t) = &held {
-                    let _ = h.conn.handle_write_progress(h.now, &t.ticket, 1);
+                    let _ = h.conn.handle_write_progress(h.now, t.ticket.id(), 1);
                 }
             }
             Op::ForgedCompletion => {

@@ -189,6 +189,24 @@ impl Connection {
                 ReasonCode::RetainNotSupported,
             );
         }
+        if !publish.properties.subscription_identifiers.is_empty() {
+            // Only the server sets subscription identifiers [MQTT-3.3.4-6].
+            return self.protocol_violation(
+                now,
+                Violation::SubscriptionIdentifierFromClient,
+                ReasonCode::ProtocolError,
+            );
+        }
+        if publish.properties.payload_format_indicator == Some(true)
+            && std::str::from_utf8(&publish.payload).is_err()
+        {
+            // The client declared a UTF-8 payload that is not [MQTT-3.3.2-4].
+            return self.protocol_violation(
+                now,
+                Violation::PayloadNotUtf8,
+                ReasonCode::PayloadFormatInvalid,
+            );
+        }
         if let Err((violation, code)) = self.resolve_alias(&mut publish) {
             return self.protocol_violation(now, violation, code);
         }

@@ -44,9 +44,7 @@ use bytes::BytesMut;
 
 use super::codec::Decoder;
 use super::error::{CloseReason, ConnectionError};
-use super::frame::{
-    FrameMeta, OutboundFrame, SendCompletion, SendTicket, Transmit, TransportFault,
-};
+use super::frame::{FrameMeta, OutboundFrame, SendCompletion, Transmit, TransportFault};
 use super::packet::{
     Auth, Connect, Disconnect, Packet, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
@@ -308,6 +306,12 @@ impl Connection {
         !self.writer.is_idle()
     }
 
+    /// Whether the outstanding write has passed its stall deadline: a closed connection
+    /// stops waiting for it (its frames are reported abandoned).
+    pub fn is_write_stalled(&self, now: Instant) -> bool {
+        self.writer.is_stalled(now)
+    }
+
     // ----- inputs -----
 
     /// Bytes read from the transport. Every whole packet in them is processed.
@@ -348,11 +352,12 @@ impl Connection {
         Ok(())
     }
 
-    /// Part of the write in progress was accepted; restarts its stall deadline.
+    /// `bytes` more bytes of the write with this ticket number were accepted; restarts its
+    /// stall deadline. Progress is not completion: the frames stay the transport's.
     pub fn handle_write_progress(
         &mut self,
         now: Instant,
-        ticket: &SendTicket,
+        ticket: u64,
         bytes: usize,
     ) -> Result<(), CompletionError> {
         self.writer.progress(now, ticket, bytes)
@@ -369,15 +374,13 @@ impl Connection {
             State::AwaitConnect { deadline } if now >= deadline => {
                 self.close_now(CloseReason::ConnectTimeout);
             }
-            State::Established => {
-                if self.keep_alive_deadline.is_some_and(|d| now >= d) {
-                    // v5 tells the client why before closing [MQTT-3.1.2-22].
-                    self.close_with(
-                        now,
-                        CloseReason::KeepAliveTimeout,
-                        ReasonCode::KeepAliveTimeout,
-                    );
-                }
+            State::Established if self.keep_alive_deadline.is_some_and(|d| now >= d) => {
+                // v5 tells the client why before closing [MQTT-3.1.2-22].
+                self.close_with(
+                    now,
+                    CloseReason::KeepAliveTimeout,
+                    ReasonCode::KeepAliveTimeout,
+                );
             }
             _ => {}
         }
@@ -385,14 +388,22 @@ impl Connection {
 
     /// The transport's read side ended (EOF or error).
     pub fn handle_transport_closed(&mut self, _now: Instant, fault: TransportFault) {
-        if !matches!(self.state, State::Closed) {
-            let reason = match self.state.closing_reason() {
-                // We were already closing; the peer hanging up is the expected end.
-                Some(reason) => reason,
-                None => CloseReason::Transport(fault),
-            };
-            self.close_now(reason);
+        if matches!(self.state, State::Closed) {
+            return;
         }
+        // A clean EOF with half a packet buffered is not a clean close.
+        let fault = match fault {
+            TransportFault::PeerClosed if !self.read_buf.is_empty() => {
+                TransportFault::PeerClosedMidPacket
+            }
+            fault => fault,
+        };
+        let reason = match self.state.closing_reason() {
+            // We were already closing; the peer hanging up is the expected end.
+            Some(reason) => reason,
+            None => CloseReason::Transport(fault),
+        };
+        self.close_now(reason);
     }
 
     // ----- commands -----

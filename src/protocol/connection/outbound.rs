@@ -408,8 +408,9 @@ impl Connection {
 /// The PUBLISH that carries `delivery`, with the message expiry rewritten to what is left
 /// of it [MQTT-3.3.2-6].
 fn publish_for(delivery: &Delivery, qos_pid: QosPid, dup: bool, now: Instant) -> Publish {
-    let mut properties = delivery.properties.clone();
+    let mut properties = Properties::clone(&delivery.properties);
     properties.topic_alias = None;
+    properties.subscription_identifiers = delivery.subscription_ids.clone();
     properties.message_expiry_interval = delivery.expires_at.map(|at| {
         let left = at.saturating_duration_since(now) + Duration::from_millis(999);
         u32::try_from(left.as_secs()).unwrap_or(u32::MAX)

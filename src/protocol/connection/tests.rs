@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use super::*;
 use crate::protocol::codec::{encode_to_bytes, Decoder};
 use crate::protocol::error::Violation;
-use crate::protocol::frame::FrameBatch;
+use crate::protocol::frame::{FrameBatch, SendTicket};
 use crate::protocol::packet::{Ack, PacketType, Properties, Publish, Subscribe};
 use crate::protocol::session::{OutState, Resend};
 use crate::protocol::types::{QosPid, SubscriptionOptions, TopicFilter};
@@ -55,7 +55,8 @@ pub(crate) fn delivery(t: &str, qos: QoS, payload: &'static [u8]) -> Delivery {
         payload: Bytes::from_static(payload),
         qos,
         retain: false,
-        properties: Properties::default(),
+        properties: Default::default(),
+        subscription_ids: Vec::new(),
         expires_at: None,
     }
 }
@@ -1092,4 +1093,26 @@ fn a_batch_is_never_empty() {
         ),
         Err(crate::protocol::frame::FrameError::TooLarge { .. })
     ));
+}
+
+#[test]
+fn a_client_publish_with_a_subscription_identifier_is_a_protocol_error() {
+    let mut h = Harness::v5();
+    let mut p = publish("a", QosPid::AtMostOnce, b"1");
+    p.properties.subscription_identifiers = vec![NonZeroU32::new(4).expect("non-zero")];
+    h.send(&Packet::Publish(p));
+    h.flush();
+    assert!(matches!(h.received.as_slice(),
+        [Packet::Disconnect(d)] if d.reason == ReasonCode::ProtocolError));
+}
+
+#[test]
+fn a_payload_declared_utf8_that_is_not_gets_0x99() {
+    let mut h = Harness::v5();
+    let mut p = publish("a", QosPid::AtMostOnce, &[0xFF, 0xFE]);
+    p.properties.payload_format_indicator = Some(true);
+    h.send(&Packet::Publish(p));
+    h.flush();
+    assert!(matches!(h.received.as_slice(),
+        [Packet::Disconnect(d)] if d.reason == ReasonCode::PayloadFormatInvalid));
 }
