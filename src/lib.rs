@@ -16,5 +16,6 @@
 //! Layering rule: `protocol` knows nothing of tokio, sockets or the clock; later layers
 //! (`transport`, `broker`, `store`, `fault`, `bench`, `client`, `config`) build on it.
 
+pub mod config;
 pub mod protocol;
 pub mod transport;
