@@ -16,6 +16,7 @@
 //! Layering rule: `protocol` knows nothing of tokio, sockets or the clock; later layers
 //! (`transport`, `broker`, `store`, `fault`, `bench`, `client`, `config`) build on it.
 
+pub mod broker;
 pub mod config;
 pub mod protocol;
 pub mod transport;
