@@ -19,4 +19,5 @@
 pub mod broker;
 pub mod config;
 pub mod protocol;
+pub mod server;
 pub mod transport;

@@ -1,28 +1,185 @@
-//! The `twinmq` command line.
+//! The `twinmq` command line: serve, check-config, certs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use twinmq::config::{self, Config, LogFormat, Overrides};
+use twinmq::server::Server;
 
 #[derive(Parser)]
-#[command(name = "twinmq", version, about = "MQTT broker over TLS/TCP and QUIC")]
+#[command(
+    name = "twinmq",
+    version,
+    about = "MQTT 3.1.1/5.0 broker over TLS/TCP and QUIC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Run the broker (the listeners arrive with the broker issue).
-    Serve,
+#[derive(clap::Args, Clone)]
+struct ConfigArgs {
+    /// A TOML configuration file (over the embedded defaults).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. `--set mqtt.max_inflight=100` (repeatable; wins over the
+    /// file and the environment).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
-fn main() {
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Validate the configuration (and the files it names) without starting.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Generate a CA, a server certificate and client certificates.
+    Certs {
+        /// Where to write the PEM files.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Server names (DNS names or IP addresses).
+        #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+        names: Vec<String>,
+        /// Client certificate names (the certificate's CN), repeatable.
+        #[arg(long = "client")]
+        clients: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve => {
-            println!(
-                "twinmq {}: the protocol core is built; listeners are not yet wired",
-                env!("CARGO_PKG_VERSION")
-            );
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => check_config(config),
+        Command::Certs {
+            out,
+            names,
+            clients,
+        } => match config::certs::generate_cert_set(&out, &names, &clients) {
+            Ok(set) => {
+                println!("CA certificate:     {}", set.ca_cert.display());
+                println!("CA key:             {}", set.ca_key.display());
+                println!("server certificate: {}", set.server_cert.display());
+                println!("server key:         {}", set.server_key.display());
+                for client in set.clients {
+                    println!(
+                        "client {}: {} {}",
+                        client.name,
+                        client.cert.display(),
+                        client.key.display()
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail(&err),
+        },
+    }
+}
+
+fn load(args: &ConfigArgs) -> Result<Config, config::ConfigError> {
+    let overrides = Overrides::from_assignments(&args.set)?;
+    Config::load(args.config.as_deref(), &overrides)
+}
+
+fn check_config(args: ConfigArgs) -> ExitCode {
+    let overrides = match Overrides::from_assignments(&args.set) {
+        Ok(o) => o,
+        Err(err) => return fail(&err),
+    };
+    match Config::check(args.config.as_deref(), &overrides) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(&err),
+    }
+}
+
+fn serve(args: ConfigArgs) -> ExitCode {
+    let config = match load(&args) {
+        Ok(config) => config,
+        Err(err) => return fail(&err),
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => return fail(&err),
+    };
+    runtime.block_on(async move {
+        let server = match Server::start(&config).await {
+            Ok(server) => server,
+            Err(err) => return fail(&err),
+        };
+        if let Some(addr) = server.tcp_addr {
+            println!("twinmq: MQTT over TCP on {addr}");
+        }
+        if let Some(addr) = server.tls_addr {
+            println!("twinmq: MQTT over TLS on {addr}");
+            if let Some(ca) = &server.dev_ca {
+                println!("twinmq: development CA certificate: {}", ca.display());
+                println!(
+                    "twinmq: try: mosquitto_sub --cafile {} -h localhost -p {} -t '#' -v",
+                    ca.display(),
+                    addr.port()
+                );
+            }
+        }
+        wait_for_signal().await;
+        println!("twinmq: shutting down");
+        server.shutdown(Duration::from_secs(5)).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TWINMQ_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn fail(err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("twinmq: {err}");
+    ExitCode::FAILURE
 }

@@ -7,5 +7,11 @@
 //!
 //! Both are plain data structures: no IO, no tokio, no clock reads (`now` is passed in).
 
+pub mod client;
+pub mod core;
 pub mod index;
 pub mod retained;
+pub mod session;
+
+pub use client::{serve, BrokerService};
+pub use core::{Broker, BrokerConfig, Stats};

@@ -202,6 +202,15 @@ impl SessionState {
         dropped
     }
 
+    /// Makes `resumed` this session, keeping messages queued here first (they arrived
+    /// while the resumed session was being handed over) behind its own queue.
+    pub fn absorb_into(&mut self, resumed: SessionState, limit: usize) {
+        let early = std::mem::replace(self, resumed).queue;
+        for delivery in early {
+            let _ = self.enqueue(delivery, limit);
+        }
+    }
+
     /// Outbound flows that are live on a connection (not queued for resending).
     pub(crate) fn window_used(&self) -> usize {
         self.outbound

@@ -40,6 +40,12 @@ pub enum Command {
 /// connection's commands.
 pub trait EventSink {
     fn on_event(&mut self, now: Instant, conn: &mut Connection, event: Event);
+
+    /// Bytes read from the transport (for statistics).
+    fn on_bytes_read(&mut self, _bytes: usize) {}
+
+    /// Bytes of completed writes (for statistics).
+    fn on_bytes_written(&mut self, _bytes: usize) {}
 }
 
 /// The current time on tokio's clock (so paused-clock tests control it).
@@ -103,7 +109,8 @@ where
                         read_open = false;
                         conn.handle_transport_closed(t, TransportFault::PeerClosed);
                     }
-                    Ok(_) => {
+                    Ok(n) => {
+                        sink.on_bytes_read(n);
                         conn.handle_bytes(t, &buf);
                         buf.clear();
                     }
@@ -117,6 +124,9 @@ where
                 let (w, completion) = done;
                 write = None;
                 writer = Some(w);
+                if let SendCompletion::Written { frames, .. } = &completion {
+                    sink.on_bytes_written(frames.wire_len());
+                }
                 if let Err(err) = conn.handle_completion(now(), completion) {
                     // Cannot happen with this driver; the connection has closed loudly.
                     tracing::error!(error = %err, "completion rejected");

@@ -424,7 +424,9 @@ impl Connection {
         if let Some(id) = &accept.assigned_client_id {
             connect.client_id = id.clone();
         }
-        self.session = accept.session;
+        // Deliveries that reached this connection before the decision join the session.
+        let limit = self.config.max_queued_messages;
+        self.session.absorb_into(accept.session, limit);
         let connack = self.build_connack(accept.session_present, accept.assigned_client_id);
         self.enqueue_packet(&Packet::ConnAck(connack));
         self.state = State::Established;

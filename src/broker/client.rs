@@ -1,0 +1,232 @@
+//! One client connection as the broker sees it: the [`EventSink`] that answers a
+//! connection's events, and the task that serves an accepted byte stream from CONNECT to
+//! the session's hand-back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use super::core::{Broker, Stats};
+use super::index::ClientId;
+use super::session::SessionKey;
+use crate::protocol::{
+    ConnectAccept, Connection, Event, MqttString, ProtocolVersion, ReasonCode, SessionState,
+};
+use crate::transport::listener::{BoxedIo, PeerInfo, Service};
+use crate::transport::{drive, Command, EventSink};
+
+/// Serves accepted connections for a broker.
+#[derive(Debug, Clone)]
+pub struct BrokerService(pub Arc<Broker>);
+
+impl Service for BrokerService {
+    fn serve(
+        &self,
+        io: BoxedIo,
+        info: PeerInfo,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(serve(Arc::clone(&self.0), io, info))
+    }
+}
+
+/// Serves one connection until it ends, then hands its session back to the registry and
+/// publishes its will if the close calls for one.
+pub async fn serve(broker: Arc<Broker>, io: BoxedIo, info: PeerInfo) {
+    let span = tracing::info_span!(
+        "client",
+        transport = %info.transport,
+        peer = %info.peer,
+        client_id = tracing::field::Empty
+    );
+    let (reader, writer) = tokio::io::split(io);
+    let (mailbox_tx, mut mailbox) = mpsc::unbounded_channel();
+    let generation = broker.next_generation();
+    let conn = Connection::new(broker.config.connection.clone(), crate::transport::now());
+    let mut handler = ClientHandler {
+        broker: Arc::clone(&broker),
+        mailbox: mailbox_tx,
+        generation,
+        key: None,
+        connecting: None,
+        span: span.clone(),
+    };
+    let conn = drive(reader, writer, conn, &mut handler, &mut mailbox)
+        .instrument(span.clone())
+        .await;
+    handler.finish(conn, &mut mailbox).instrument(span).await;
+}
+
+struct ClientHandler {
+    broker: Arc<Broker>,
+    mailbox: mpsc::UnboundedSender<Command>,
+    generation: u64,
+    /// The session, once CONNECT named it.
+    key: Option<SessionKey>,
+    /// The task resolving takeover and resuming the session.
+    connecting: Option<JoinHandle<bool>>,
+    span: tracing::Span,
+}
+
+impl EventSink for ClientHandler {
+    fn on_event(&mut self, now: Instant, conn: &mut Connection, event: Event) {
+        match event {
+            Event::Connect(connect) => self.on_connect(conn, now, *connect),
+            Event::Publish { message, ack } => {
+                let matched = self.broker.publish(self.key.as_ref(), &message, now);
+                if let Some(ack) = ack {
+                    let reason = if matched == 0 && conn.version() == Some(ProtocolVersion::V5) {
+                        ReasonCode::NoMatchingSubscribers
+                    } else {
+                        ReasonCode::Success
+                    };
+                    conn.accept_publish(now, ack, reason);
+                }
+            }
+            Event::Subscribe(subscribe) => {
+                let Some(key) = &self.key else { return };
+                let (suback, retained) = self.broker.subscribe(key, subscribe, now);
+                conn.send_suback(now, suback);
+                for delivery in retained {
+                    conn.deliver(now, delivery);
+                }
+            }
+            Event::Unsubscribe(unsubscribe) => {
+                let Some(key) = &self.key else { return };
+                let unsuback = self.broker.unsubscribe(key, unsubscribe);
+                conn.send_unsuback(now, unsuback);
+            }
+            Event::Auth(_) => {
+                // No enhanced authentication method is supported.
+                conn.disconnect(now, ReasonCode::BadAuthenticationMethod);
+            }
+            Event::Dropped { topic, qos, reason } => {
+                Stats::add(&self.broker.stats.messages_dropped, 1);
+                tracing::debug!(%topic, ?qos, ?reason, "message for the client dropped");
+            }
+            Event::Closed(reason) => {
+                tracing::info!(%reason, initiator = ?reason.initiator(), "connection closed");
+            }
+        }
+    }
+
+    fn on_bytes_read(&mut self, bytes: usize) {
+        Stats::add(&self.broker.stats.bytes_received, bytes as u64);
+    }
+
+    fn on_bytes_written(&mut self, bytes: usize) {
+        Stats::add(&self.broker.stats.bytes_sent, bytes as u64);
+    }
+}
+
+impl ClientHandler {
+    fn on_connect(
+        &mut self,
+        conn: &mut Connection,
+        now: Instant,
+        connect: crate::protocol::Connect,
+    ) {
+        if connect.properties.authentication_method.is_some() {
+            let _ = conn.reject_connect(now, ReasonCode::BadAuthenticationMethod);
+            return;
+        }
+        let assigned = connect
+            .client_id
+            .is_empty()
+            .then(|| assigned_client_id(self.generation));
+        let id = match &assigned {
+            Some(id) => ClientId::from(id),
+            None => ClientId::from(&connect.client_id),
+        };
+        self.span.record("client_id", id.as_str());
+        tracing::info!(version = %connect.protocol, clean_start = connect.clean_start, keep_alive = connect.keep_alive, "CONNECT");
+        let entry = self.broker.registry.entry(&id);
+        let key = SessionKey::new(Arc::clone(&entry));
+        self.key = Some(key.clone());
+        let broker = Arc::clone(&self.broker);
+        let mailbox = self.mailbox.clone();
+        let generation = self.generation;
+        let clean_start = connect.clean_start;
+        // v5 clients only learn an assigned id from CONNACK; v3.1.1 ones never see it.
+        let assigned_for_connack = assigned.filter(|_| connect.protocol == ProtocolVersion::V5);
+        self.connecting = Some(tokio::spawn(
+            async move {
+                let _turn = entry.connect_lock.lock().await;
+                let wait = broker.config.takeover_wait;
+                let Some((state, present)) = entry
+                    .take_for_connect(generation, mailbox.clone(), wait)
+                    .await
+                else {
+                    tracing::warn!("the previous connection did not hand its session back in time");
+                    let _ = mailbox.send(Command::RejectConnect(ReasonCode::ServerBusy));
+                    return false;
+                };
+                let (session, session_present) = if clean_start || !present {
+                    // A fresh session starts without the old one's subscriptions.
+                    broker.index.remove_client(&key);
+                    (SessionState::new(), false)
+                } else {
+                    (state, true)
+                };
+                broker.index.set_online(&key, true);
+                Stats::add(&broker.stats.clients_connected, 1);
+                Stats::add(&broker.stats.connections_total, 1);
+                let accept = ConnectAccept {
+                    session,
+                    session_present,
+                    assigned_client_id: assigned_for_connack,
+                };
+                let _ = mailbox.send(Command::AcceptConnect(accept));
+                true
+            }
+            .instrument(self.span.clone()),
+        ));
+    }
+
+    /// After the connection has ended: wait for a connect still resolving, hand the session
+    /// back (or drop it if it does not outlive the connection), and publish the will.
+    async fn finish(self, conn: Connection, mailbox: &mut mpsc::UnboundedReceiver<Command>) {
+        let online = match self.connecting {
+            Some(task) => task.await.unwrap_or(false),
+            None => false,
+        };
+        let (state, report) = conn.into_session();
+        let Some(key) = self.key else { return };
+        if !online {
+            // The session was never taken: nothing to hand back, and no will, since a
+            // will belongs to an accepted connection.
+            return;
+        }
+        let now = crate::transport::now();
+        let expiry = report.session_expiry;
+        let expires_at = match expiry {
+            u32::MAX => None,
+            secs => now.checked_add(Duration::from_secs(u64::from(secs))),
+        };
+        key.entry()
+            .go_offline(self.generation, state, mailbox, expires_at);
+        self.broker.index.set_online(&key, false);
+        self.broker
+            .stats
+            .clients_connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if expiry == 0 && self.broker.registry.remove_if_expired(key.entry(), now) {
+            self.broker.index.remove_client(&key);
+        }
+        if let Some(will) = report.will {
+            tracing::info!(topic = %will.topic, "publishing will");
+            self.broker.schedule_will(key, will, expiry);
+        }
+    }
+}
+
+/// A client id for a client that sent none: unique per broker run.
+fn assigned_client_id(generation: u64) -> MqttString {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(generation);
+    let id = format!("twinmq-{generation}-{:016x}", hasher.finish());
+    MqttString::new(&id).unwrap_or_default()
+}

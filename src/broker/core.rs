@@ -1,0 +1,429 @@
+//! The broker shared by every connection task: routing, subscriptions, retained messages,
+//! sessions, wills, `$SYS`, expiry and shutdown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::index::SharedIndex;
+use super::retained::{RetainedMessage, RetainedStore};
+use super::session::{Delivered, Registry, SessionKey};
+use crate::protocol::{
+    ConnectionConfig, Delivery, Properties, Publish, QoS, QosPid, ReasonCode, SubAck, Subscribe,
+    TopicName, UnsubAck, Unsubscribe, Will,
+};
+use crate::transport::Command;
+
+/// Broker-wide settings (the protocol limits of each connection included).
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub connection: ConnectionConfig,
+    /// How long a new connection waits for the one it takes over to hand back the session.
+    pub takeover_wait: Duration,
+    /// `$SYS` publish interval; `None` turns `$SYS` off.
+    pub sys_interval: Option<Duration>,
+    /// How often offline sessions are checked for expiry.
+    pub expiry_sweep: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            connection: ConnectionConfig::default(),
+            takeover_wait: Duration::from_secs(35),
+            sys_interval: Some(Duration::from_secs(10)),
+            expiry_sweep: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters for `$SYS` and the benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub clients_connected: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_dropped: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The broker. Shared as `Arc<Broker>` by every connection task.
+pub struct Broker {
+    pub(crate) config: BrokerConfig,
+    pub(crate) index: SharedIndex<SessionKey>,
+    retained: Mutex<RetainedStore>,
+    pub(crate) registry: Registry,
+    pub stats: Stats,
+    next_generation: AtomicU64,
+    started: Instant,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    pub fn new(config: BrokerConfig) -> Arc<Broker> {
+        let (shutdown, _) = watch::channel(false);
+        let max_queued = config.connection.max_queued_messages;
+        Arc::new(Broker {
+            config,
+            index: SharedIndex::new(),
+            retained: Mutex::new(RetainedStore::new()),
+            registry: Registry::new(max_queued),
+            stats: Stats::default(),
+            next_generation: AtomicU64::new(1),
+            started: Instant::now(),
+            shutdown,
+        })
+    }
+
+    /// Starts the background tasks ($SYS, session expiry). They end at shutdown.
+    pub fn start(self: &Arc<Self>) {
+        let broker = Arc::clone(self);
+        let mut stop = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(broker.config.expiry_sweep);
+            let mut sys = broker.config.sys_interval.map(tokio::time::interval);
+            loop {
+                tokio::select! {
+                    _ = sweep.tick() => broker.expire_sessions(crate::transport::now()),
+                    _ = tick(&mut sys) => broker.publish_sys(crate::transport::now()),
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+
+    /// A receiver that turns true when the broker shuts down (for listeners).
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Tells every connected client the server is shutting down (v5: DISCONNECT 0x8B),
+    /// keeps their sessions, and waits (bounded) until they have gone offline.
+    pub async fn shutdown(&self, wait: Duration) {
+        let _ = self.shutdown.send(true);
+        for entry in self.registry.entries() {
+            entry.command(Command::Disconnect(ReasonCode::ServerShuttingDown));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.registry.entries().iter().any(|e| e.is_online()) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("shutdown: some connections did not close in time");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn retained(&self) -> MutexGuard<'_, RetainedStore> {
+        self.retained
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Routes an application message to every matching subscriber (and the retained
+    /// store). Returns how many subscribers it was routed to.
+    pub fn publish(
+        &self,
+        publisher: Option<&SessionKey>,
+        message: &Publish,
+        now: Instant,
+    ) -> usize {
+        Stats::add(&self.stats.messages_received, 1);
+        let expires_at = message
+            .properties
+            .message_expiry_interval
+            .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs))));
+        if message.retain {
+            self.retain(message, expires_at);
+        }
+        let forwarded = Arc::new(forwarded_properties(&message.properties));
+        let routes = self.index.matches(&message.topic, publisher);
+        let count = routes.len();
+        for route in routes {
+            let delivery = Delivery {
+                topic: message.topic.clone(),
+                payload: message.payload.clone(),
+                qos: message.qos().min(route.qos),
+                // Retain is kept only for subscriptions that asked for it [MQTT-3.3.1-12].
+                retain: message.retain && route.retain_as_published,
+                properties: Arc::clone(&forwarded),
+                subscription_ids: route.subscription_ids,
+                expires_at,
+            };
+            match route.client.entry().deliver(delivery) {
+                Delivered::ToConnection | Delivered::Queued => {
+                    Stats::add(&self.stats.messages_sent, 1)
+                }
+                Delivered::Dropped => Stats::add(&self.stats.messages_dropped, 1),
+            }
+        }
+        count
+    }
+
+    fn retain(&self, message: &Publish, expires_at: Option<Instant>) {
+        let mut store = self.retained();
+        if message.payload.is_empty() {
+            // An empty retained message clears the topic [MQTT-3.3.1-6].
+            store.remove(&message.topic);
+            return;
+        }
+        store.set(RetainedMessage {
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            qos: message.qos(),
+            properties: forwarded_properties(&message.properties),
+            expires_at,
+        });
+    }
+
+    /// Subscribes, answers with SUBACK, and returns the retained messages to send after
+    /// it, per each filter's retain handling [MQTT-3.3.1-9..11].
+    pub(crate) fn subscribe(
+        &self,
+        client: &SessionKey,
+        subscribe: Subscribe,
+        now: Instant,
+    ) -> (SubAck, Vec<Delivery>) {
+        let identifier = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
+        let max_qos = self.config.connection.maximum_qos;
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        for (filter, mut options) in subscribe.filters {
+            options.qos = options.qos.min(max_qos);
+            let outcome = self.index.subscribe(client, &filter, options, identifier);
+            let Ok(outcome) = outcome else {
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            };
+            reasons.push(ReasonCode::granted(options.qos));
+            let shared = filter.as_str().starts_with("$share/");
+            let send_retained = match options.retain_handling {
+                crate::protocol::RetainHandling::SendAtSubscribe => true,
+                crate::protocol::RetainHandling::SendIfNew => !outcome.existed,
+                crate::protocol::RetainHandling::DoNotSend => false,
+            };
+            // Retained messages are not sent for shared subscriptions [MQTT-4.8.2].
+            if send_retained && !shared {
+                for message in self.retained().matching(&filter, now) {
+                    retained.push(Delivery {
+                        topic: message.topic.clone(),
+                        payload: message.payload.clone(),
+                        qos: message.qos.min(options.qos),
+                        retain: true,
+                        properties: Arc::new(message.properties.clone()),
+                        subscription_ids: identifier.into_iter().collect(),
+                        expires_at: message.expires_at,
+                    });
+                }
+            }
+        }
+        let suback = SubAck {
+            packet_id: subscribe.packet_id,
+            reasons,
+            properties: Properties::default(),
+        };
+        (suback, retained)
+    }
+
+    pub(crate) fn unsubscribe(&self, client: &SessionKey, unsubscribe: Unsubscribe) -> UnsubAck {
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                if self.index.unsubscribe(client, filter) {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }
+    }
+
+    /// Publishes a will now, or after its delay unless the client comes back first
+    /// [MQTT-3.1.3-9]. `session_expiry` bounds the delay.
+    pub(crate) fn schedule_will(
+        self: &Arc<Self>,
+        client: SessionKey,
+        will: Will,
+        session_expiry: u32,
+    ) {
+        let delay = will
+            .properties
+            .will_delay_interval
+            .unwrap_or(0)
+            .min(session_expiry);
+        let message = will_message(will);
+        if delay == 0 {
+            self.publish(None, &message, crate::transport::now());
+            return;
+        }
+        let epoch = client.entry().epoch();
+        let broker = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+            if client.entry().epoch() == epoch {
+                broker.publish(None, &message, crate::transport::now());
+            }
+        });
+    }
+
+    /// Drops offline sessions past their expiry, with their subscriptions.
+    pub fn expire_sessions(&self, now: Instant) {
+        for entry in self.registry.entries() {
+            if entry.is_expired(now) && self.registry.remove_if_expired(&entry, now) {
+                self.index.remove_client(&SessionKey::new(entry));
+            }
+        }
+    }
+
+    /// Publishes the `$SYS/broker/...` topics as retained messages.
+    pub fn publish_sys(&self, now: Instant) {
+        let s = &self.stats;
+        let topics: [(&str, String); 10] = [
+            (
+                "$SYS/broker/version",
+                format!("twinmq {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", self.started.elapsed().as_secs()),
+            ),
+            (
+                "$SYS/broker/clients/connected",
+                Stats::get(&s.clients_connected).to_string(),
+            ),
+            ("$SYS/broker/clients/total", self.registry.len().to_string()),
+            (
+                "$SYS/broker/messages/received",
+                Stats::get(&s.messages_received).to_string(),
+            ),
+            (
+                "$SYS/broker/messages/sent",
+                Stats::get(&s.messages_sent).to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received",
+                Stats::get(&s.bytes_received).to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/sent",
+                Stats::get(&s.bytes_sent).to_string(),
+            ),
+            (
+                "$SYS/broker/subscriptions/count",
+                self.index.len().to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                self.retained().len().to_string(),
+            ),
+        ];
+        for (topic, value) in topics {
+            let Ok(topic) = TopicName::new(topic) else {
+                continue;
+            };
+            let message = Publish {
+                dup: false,
+                qos_pid: QosPid::AtMostOnce,
+                retain: true,
+                topic,
+                payload: bytes::Bytes::from(value),
+                properties: Properties::default(),
+            };
+            // $SYS messages are not counted as client traffic.
+            self.retain(&message, None);
+            for route in self.index.matches(&message.topic, None) {
+                route.client.entry().deliver(Delivery {
+                    topic: message.topic.clone(),
+                    payload: message.payload.clone(),
+                    qos: QoS::AtMostOnce,
+                    retain: route.retain_as_published,
+                    properties: Arc::default(),
+                    subscription_ids: route.subscription_ids,
+                    expires_at: None,
+                });
+            }
+        }
+        let _ = now;
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained().len()
+    }
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The properties a subscriber receives: those of the publish, without the topic alias
+/// (per connection) and subscription identifiers (per subscriber) [MQTT-3.3.4].
+fn forwarded_properties(properties: &Properties) -> Properties {
+    Properties {
+        payload_format_indicator: properties.payload_format_indicator,
+        content_type: properties.content_type.clone(),
+        response_topic: properties.response_topic.clone(),
+        correlation_data: properties.correlation_data.clone(),
+        user_properties: properties.user_properties.clone(),
+        message_expiry_interval: properties.message_expiry_interval,
+        ..Properties::default()
+    }
+}
+
+fn will_message(will: Will) -> Publish {
+    let qos_pid = match will.qos {
+        QoS::AtMostOnce => QosPid::AtMostOnce,
+        // Routing ignores the id: each subscriber's connection assigns its own.
+        QoS::AtLeastOnce => QosPid::AtLeastOnce(crate::protocol::PacketId::MIN),
+        QoS::ExactlyOnce => QosPid::ExactlyOnce(crate::protocol::PacketId::MIN),
+    };
+    let mut properties = forwarded_properties(&will.properties);
+    properties.will_delay_interval = None;
+    Publish {
+        dup: false,
+        qos_pid,
+        retain: will.retain,
+        topic: will.topic,
+        payload: will.payload,
+        properties,
+    }
+}

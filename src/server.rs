@@ -1,0 +1,118 @@
+//! A running broker: the [`Broker`] and its listeners, assembled from a [`Config`]. Used by
+//! `twinmq serve` and by the integration tests (which bind ephemeral ports).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::broker::{Broker, BrokerConfig, BrokerService};
+use crate::config::{self, Config, ConfigError};
+use crate::transport::listener::{self, Limits, Service};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind {key} to {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started broker with its bound addresses.
+pub struct Server {
+    pub broker: Arc<Broker>,
+    pub tcp_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
+    /// The development CA, when the TLS listener uses generated certificates.
+    pub dev_ca: Option<PathBuf>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every enabled listener and starts accepting.
+    pub async fn start(config: &Config) -> Result<Server, ServerError> {
+        let broker = Broker::new(broker_config(config));
+        broker.start();
+        let service: Arc<dyn Service> = Arc::new(BrokerService(Arc::clone(&broker)));
+        let limits = Limits {
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            handshake_timeout: config.limits.handshake_timeout,
+        };
+        let mut tasks = Vec::new();
+        let mut tcp_addr = None;
+        let mut tls_addr = None;
+        let mut dev_ca = None;
+
+        if config.listeners.tcp.enabled {
+            let listener = bind("listeners.tcp", config.listeners.tcp.bind).await?;
+            tcp_addr = listener.local_addr().ok();
+            tasks.push(tokio::spawn(listener::run_tcp(
+                listener,
+                Arc::clone(&service),
+                limits.clone(),
+                broker.shutdown_signal(),
+            )));
+        }
+        if config.listeners.tls.enabled {
+            let tls = &config.listeners.tls;
+            if tls.cert.is_none() || tls.key.is_none() {
+                dev_ca = Some(config::certs::ensure_dev_certs(&config.data_dir)?.ca_cert);
+            }
+            let settings = config.tls_settings()?;
+            let acceptor = TlsAcceptor::from(config::tls::server_tls_config(&settings)?);
+            let listener = bind("listeners.tls", tls.bind).await?;
+            tls_addr = listener.local_addr().ok();
+            tasks.push(tokio::spawn(listener::run_tls(
+                listener,
+                acceptor,
+                Arc::clone(&service),
+                limits.clone(),
+                broker.shutdown_signal(),
+            )));
+        }
+        Ok(Server {
+            broker,
+            tcp_addr,
+            tls_addr,
+            dev_ca,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, tells connected clients the server is going away (v5: 0x8B) and
+    /// waits up to `wait` for them to leave. Sessions are kept.
+    pub async fn shutdown(self, wait: Duration) {
+        self.broker.shutdown(wait).await;
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The broker settings a configuration implies.
+pub fn broker_config(config: &Config) -> BrokerConfig {
+    let connection = config.connection_config();
+    BrokerConfig {
+        // A takeover waits for the old connection's last write at most its send timeout.
+        takeover_wait: connection.send_timeout + Duration::from_secs(5),
+        connection,
+        sys_interval: (!config.sys.interval.is_zero()).then_some(config.sys.interval),
+        ..BrokerConfig::default()
+    }
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { key, addr, source })
+}
