@@ -1,0 +1,176 @@
+//! Shared by the integration tests: a broker on ephemeral loopback ports with certificates
+//! generated for the test, and a raw MQTT peer built on the codec for protocol-level
+//! assertions that a full client library would hide.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use twinmq::config::{Config, Overrides};
+use twinmq::protocol::codec::{encode_to_bytes, Decoder};
+use twinmq::protocol::{Connect, MqttString, Packet, Properties, ProtocolVersion};
+use twinmq::server::Server;
+
+/// Bounds every wait in the tests: a broken broker fails a test, never hangs it.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh directory under the system temp dir, unique per test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("twinmq-test-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(err) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create {}: {err}", dir.display());
+    }
+    dir
+}
+
+/// A running broker for one test.
+pub struct TestBroker {
+    pub server: Server,
+    pub tcp: SocketAddr,
+    pub tls: SocketAddr,
+    /// The CA that signed the server certificate (for `localhost`, 127.0.0.1, ::1).
+    pub ca: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl TestBroker {
+    pub async fn start(tag: &str) -> TestBroker {
+        TestBroker::start_with(tag, &[]).await
+    }
+
+    /// Starts with extra `key=value` overrides (e.g. `mqtt.max_keepalive=2s`).
+    pub async fn start_with(tag: &str, extra: &[&str]) -> TestBroker {
+        let data_dir = temp_dir(tag);
+        let mut settings = vec![
+            format!("data_dir={}", data_dir.display()),
+            "listeners.tcp.bind=127.0.0.1:0".to_string(),
+            "listeners.tls.bind=127.0.0.1:0".to_string(),
+            "listeners.quic.enabled=false".to_string(),
+        ];
+        settings.extend(extra.iter().map(|s| s.to_string()));
+        let overrides = Overrides::from_assignments(&settings).expect("valid overrides");
+        let config = twinmq::config::Loader::new()
+            .without_env()
+            .overrides(overrides)
+            .load()
+            .expect("test config loads");
+        let server = Server::start(&config).await.expect("broker starts");
+        let tcp = server.tcp_addr.expect("tcp listener");
+        let tls = server.tls_addr.expect("tls listener");
+        let ca = server.dev_ca.clone().expect("dev CA generated");
+        TestBroker {
+            server,
+            tcp,
+            tls,
+            ca,
+            data_dir,
+        }
+    }
+
+    pub fn config_for(tag: &str) -> Config {
+        Config::defaults().unwrap_or_else(|e| panic!("{tag}: {e}"))
+    }
+}
+
+/// A raw MQTT client over plain TCP: sends packets, reads packets, nothing else.
+pub struct RawClient {
+    pub stream: TcpStream,
+    pub version: ProtocolVersion,
+    decoder: Decoder,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr, version: ProtocolVersion) -> RawClient {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("tcp connect");
+        RawClient {
+            stream,
+            version,
+            decoder: Decoder::with_version(version, u32::MAX),
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send(&mut self, packet: &Packet) {
+        let bytes = encode_to_bytes(packet, self.version).expect("test packet encodes");
+        self.stream.write_all(&bytes).await.expect("write");
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next packet, or `None` if the broker closed the connection.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        tokio::time::timeout(WAIT, self.recv_inner())
+            .await
+            .expect("a packet or EOF in time")
+    }
+
+    async fn recv_inner(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(p) = self.decoder.decode(&mut self.buf).expect("broker sends valid packets") {
+                return Some(p);
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until EOF; returns what arrived before it. Fails if the socket stays open.
+    pub async fn expect_closed(&mut self) -> Vec<Packet> {
+        let mut seen = Vec::new();
+        while let Some(p) = self.recv().await {
+            seen.push(p);
+        }
+        seen
+    }
+
+    /// CONNECT with `client_id` and the given fields, and returns the CONNACK.
+    pub async fn handshake(&mut self, connect: Connect) -> Packet {
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        self.recv().await.expect("CONNACK")
+    }
+}
+
+pub fn connect(version: ProtocolVersion, client_id: &str, clean_start: bool, keep_alive: u16) -> Connect {
+    Connect {
+        protocol: version,
+        clean_start,
+        keep_alive,
+        client_id: MqttString::new(client_id).expect("valid id"),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }
+}
+
+/// A rustls client config trusting `ca` (ring provider), for clients that take one.
+pub fn tls_client_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in twinmq::config::tls::load_certs(ca).expect("CA loads") {
+        roots.add(cert).expect("CA is a trust anchor");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(twinmq::config::tls::ring_provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
