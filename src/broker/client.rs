@@ -213,7 +213,7 @@ impl ClientHandler {
             .clients_connected
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if expiry == 0 && self.broker.registry.remove_if_expired(key.entry(), now) {
-            self.broker.index.remove_client(&key);
+            self.broker.end_session(&key);
         }
         if let Some(will) = report.will {
             tracing::info!(topic = %will.topic, "publishing will");

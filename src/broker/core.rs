@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::index::SharedIndex;
+use super::index::{parse_shared, SharedFilter, SharedIndex};
 use super::retained::{RetainedMessage, RetainedStore};
 use super::session::{Delivered, Registry, SessionKey};
 use crate::protocol::{
@@ -172,6 +172,7 @@ impl Broker {
                 retain: message.retain && route.retain_as_published,
                 properties: Arc::clone(&forwarded),
                 subscription_ids: route.subscription_ids,
+                shared: route.share.as_ref().and_then(shared_filter),
                 expires_at,
             };
             match route.client.entry().deliver(delivery) {
@@ -240,6 +241,7 @@ impl Broker {
                         retain: true,
                         properties: Arc::new(message.properties.clone()),
                         subscription_ids: identifier.into_iter().collect(),
+                        shared: None,
                         expires_at: message.expires_at,
                     });
                 }
@@ -304,7 +306,34 @@ impl Broker {
     pub fn expire_sessions(&self, now: Instant) {
         for entry in self.registry.entries() {
             if entry.is_expired(now) && self.registry.remove_if_expired(&entry, now) {
-                self.index.remove_client(&SessionKey::new(entry));
+                self.end_session(&SessionKey::new(entry));
+            }
+        }
+    }
+
+    /// A session is gone for good: its subscriptions go, and messages it held from shared
+    /// subscriptions go to another member of their group [MQTT-4.8.2].
+    pub(crate) fn end_session(&self, key: &SessionKey) {
+        self.index.remove_client(key);
+        let Some(state) = key.entry().take_offline_state() else {
+            return;
+        };
+        for mut delivery in state.into_messages() {
+            let Some(share) = delivery
+                .shared
+                .as_ref()
+                .and_then(|f| parse_shared(f).ok().flatten())
+            else {
+                continue;
+            };
+            match self.index.pick_shared(&share, Some(key)) {
+                Some(route) => {
+                    tracing::debug!(client_id = ?key, topic = %delivery.topic, share = %share, "shared message moved to another member");
+                    delivery.qos = delivery.qos.min(route.qos);
+                    delivery.subscription_ids = route.subscription_ids;
+                    route.client.entry().deliver(delivery);
+                }
+                None => Stats::add(&self.stats.messages_dropped, 1),
             }
         }
     }
@@ -373,6 +402,7 @@ impl Broker {
                     retain: route.retain_as_published,
                     properties: Arc::default(),
                     subscription_ids: route.subscription_ids,
+                    shared: None,
                     expires_at: None,
                 });
             }
@@ -407,6 +437,11 @@ fn forwarded_properties(properties: &Properties) -> Properties {
         message_expiry_interval: properties.message_expiry_interval,
         ..Properties::default()
     }
+}
+
+/// The full `$share/<group>/<filter>` a shared route came from.
+fn shared_filter(share: &SharedFilter) -> Option<crate::protocol::TopicFilter> {
+    crate::protocol::TopicFilter::new(&share.to_string()).ok()
 }
 
 fn will_message(will: Will) -> Publish {

@@ -288,6 +288,14 @@ impl SessionEntry {
         matches!(&*self.slot(), Slot::Online { .. })
     }
 
+    /// Empties an offline session (it is being removed) and returns what it held.
+    pub fn take_offline_state(&self) -> Option<SessionState> {
+        match &mut *self.slot() {
+            Slot::Offline { state, .. } => Some(std::mem::take(state)),
+            Slot::Online { .. } => None,
+        }
+    }
+
     /// Runs `f` on the offline state (for persistence and inspection).
     pub fn with_offline_state<R>(&self, f: impl FnOnce(&SessionState) -> R) -> Option<R> {
         match &*self.slot() {

@@ -28,7 +28,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::packet::Properties;
-use super::types::{PacketId, QoS, TopicName};
+use super::types::{PacketId, QoS, TopicFilter, TopicName};
 
 /// One message for one subscriber, as the broker hands it to a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,9 @@ pub struct Delivery {
     pub properties: Arc<Properties>,
     /// The identifiers of this subscriber's matching subscriptions [MQTT-3.3.4-3].
     pub subscription_ids: Vec<NonZeroU32>,
+    /// The shared subscription (`$share/<group>/<filter>`) this message was routed by, so
+    /// it can go to another member if this session ends without it [MQTT-4.8.2].
+    pub shared: Option<TopicFilter>,
     /// When the message expires [MQTT-3.3.2-5]; it is dropped, not sent, after that.
     pub expires_at: Option<Instant>,
 }
@@ -209,6 +212,31 @@ impl SessionState {
         for delivery in early {
             let _ = self.enqueue(delivery, limit);
         }
+    }
+
+    /// Every message the session still holds for its client, in the order it would send
+    /// them: unfinished flows first (a QoS 2 flow already released is finished for the
+    /// client's application, so it is not included), then the queue.
+    pub fn into_messages(self) -> Vec<Delivery> {
+        let mut flows: Vec<OutFlow> = self
+            .outbound
+            .into_values()
+            .filter(|f| {
+                !matches!(
+                    f.state,
+                    OutState::Releasing
+                        | OutState::AwaitPubcomp
+                        | OutState::Done
+                        | OutState::Queued(Resend::Pubrel)
+                )
+            })
+            .collect();
+        flows.sort_by_key(|f| f.seq);
+        flows
+            .into_iter()
+            .map(|f| f.message)
+            .chain(self.queue)
+            .collect()
     }
 
     /// Outbound flows that are live on a connection (not queued for resending).

@@ -145,6 +145,7 @@ fn session_with_one_qos1() -> SessionState {
         retain: false,
         properties: Default::default(),
         subscription_ids: Vec::new(),
+        shared: None,
         expires_at: None,
     };
     session.enqueue(delivery, 10).expect("room");

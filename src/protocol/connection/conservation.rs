@@ -188,6 +188,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     retain: false,
                     properties: Default::default(),
                     subscription_ids: Vec::new(),
+                    shared: None,
                     expires_at: None,
                 };
                 if h.conn.deliver(h.now, delivery) == DeliverOutcome::Accepted {

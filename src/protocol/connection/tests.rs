@@ -57,6 +57,7 @@ pub(crate) fn delivery(t: &str, qos: QoS, payload: &'static [u8]) -> Delivery {
         retain: false,
         properties: Default::default(),
         subscription_ids: Vec::new(),
+        shared: None,
         expires_at: None,
     }
 }
