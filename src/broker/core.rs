@@ -82,12 +82,12 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     pub fn new(config: BrokerConfig) -> Arc<Broker> {
         let (shutdown, _) = watch::channel(false);
-        let max_queued = config.connection.max_queued_messages;
+        let queue_limit = config.connection.queue_limit();
         Arc::new(Broker {
             config,
             index: SharedIndex::new(),
             retained: Mutex::new(RetainedStore::new()),
-            registry: Registry::new(max_queued),
+            registry: Registry::new(queue_limit),
             stats: Stats::default(),
             next_generation: AtomicU64::new(1),
             started: Instant::now(),
@@ -178,6 +178,10 @@ impl Broker {
             match route.client.entry().deliver(delivery) {
                 Delivered::ToConnection | Delivered::Queued => {
                     Stats::add(&self.stats.messages_sent, 1)
+                }
+                Delivered::QueuedDroppingOldest => {
+                    Stats::add(&self.stats.messages_sent, 1);
+                    Stats::add(&self.stats.messages_dropped, 1);
                 }
                 Delivered::Dropped => Stats::add(&self.stats.messages_dropped, 1),
             }

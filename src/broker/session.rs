@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
 use crate::broker::index::ClientId;
-use crate::protocol::{Delivery, QoS, SessionState};
+use crate::protocol::{Delivery, QoS, QueueLimit, SessionState};
 use crate::transport::Command;
 
 /// Where a session is.
@@ -57,7 +57,7 @@ pub struct SessionEntry {
     /// Bumped on every connect: a pending will or expiry from an older connection checks it
     /// and stands down if the client came back.
     epoch: AtomicU64,
-    max_queued: usize,
+    queue_limit: QueueLimit,
 }
 
 impl fmt::Debug for SessionEntry {
@@ -111,11 +111,12 @@ impl fmt::Debug for SessionKey {
 pub enum Delivered {
     ToConnection,
     Queued,
+    QueuedDroppingOldest,
     Dropped,
 }
 
 impl SessionEntry {
-    fn new(client_id: ClientId, max_queued: usize) -> SessionEntry {
+    fn new(client_id: ClientId, queue_limit: QueueLimit) -> SessionEntry {
         SessionEntry {
             client_id,
             slot: Mutex::new(Slot::Offline {
@@ -125,7 +126,7 @@ impl SessionEntry {
             connect_lock: tokio::sync::Mutex::new(()),
             offline: Notify::new(),
             epoch: AtomicU64::new(0),
-            max_queued,
+            queue_limit,
         }
     }
 
@@ -160,8 +161,10 @@ impl SessionEntry {
                 if delivery.qos == QoS::AtMostOnce {
                     return Delivered::Dropped;
                 }
-                match state.enqueue(delivery, self.max_queued) {
-                    Ok(()) => Delivered::Queued,
+                match state.enqueue(delivery, self.queue_limit) {
+                    Ok(None) => Delivered::Queued,
+                    // The oldest message made room for this one: one was dropped all the same.
+                    Ok(Some(_)) => Delivered::QueuedDroppingOldest,
                     Err(_) => Delivered::Dropped,
                 }
             }
@@ -264,12 +267,12 @@ impl SessionEntry {
         while let Ok(command) = mailbox.try_recv() {
             match command {
                 Command::Deliver(delivery) => {
-                    let _ = state.enqueue(delivery, self.max_queued);
+                    let _ = state.enqueue(delivery, self.queue_limit);
                 }
                 // The connection ended before it could resume the session it was given:
                 // that session, not the empty one the connection held, is the one to keep.
                 Command::AcceptConnect(accept) => {
-                    state.absorb_into(accept.session, self.max_queued)
+                    state.absorb_into(accept.session, self.queue_limit)
                 }
                 _ => {}
             }
@@ -309,16 +312,16 @@ impl SessionEntry {
 /// connect, disconnect and expiry only; publishes reach sessions through the index.
 pub struct Registry {
     shards: Vec<Mutex<HashMap<ClientId, Arc<SessionEntry>>>>,
-    max_queued: usize,
+    queue_limit: QueueLimit,
 }
 
 const SHARDS: usize = 32;
 
 impl Registry {
-    pub fn new(max_queued: usize) -> Registry {
+    pub fn new(queue_limit: QueueLimit) -> Registry {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            max_queued,
+            queue_limit,
         }
     }
 
@@ -335,7 +338,7 @@ impl Registry {
     pub fn entry(&self, id: &ClientId) -> Arc<SessionEntry> {
         self.shard(id)
             .entry(id.clone())
-            .or_insert_with(|| Arc::new(SessionEntry::new(id.clone(), self.max_queued)))
+            .or_insert_with(|| Arc::new(SessionEntry::new(id.clone(), self.queue_limit)))
             .clone()
     }
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{ConnectionConfig, QoS};
+use crate::protocol::{ConnectionConfig, QoS, QueuePolicy};
 
 pub use certs::{ensure_dev_certs, generate_cert_set, CertSet, ClientCertPaths, DevCerts};
 pub use error::{ConfigError, Origin};
@@ -310,6 +310,10 @@ impl Config {
             receive_maximum: mqtt.receive_maximum,
             max_inflight: mqtt.max_inflight,
             max_queued_messages: mqtt.max_queued_messages,
+            queue_full_policy: match mqtt.queue_full_policy {
+                QueueFullPolicy::DropNew => QueuePolicy::DropNew,
+                QueueFullPolicy::DropOldest => QueuePolicy::DropOldest,
+            },
             topic_alias_maximum: mqtt.topic_alias_maximum,
             max_keep_alive,
             maximum_qos: QoS::from_bits(mqtt.maximum_qos.min(2)).unwrap_or(QoS::ExactlyOnce),

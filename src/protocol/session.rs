@@ -104,6 +104,32 @@ pub enum DropReason {
     ConnectionClosed,
 }
 
+/// Which message goes when a session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueuePolicy {
+    /// Refuse the new message (mosquitto's behaviour).
+    #[default]
+    DropNew,
+    /// Evict the oldest queued message to make room.
+    DropOldest,
+}
+
+/// The bound on a session's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimit {
+    pub max: usize,
+    pub policy: QueuePolicy,
+}
+
+impl QueueLimit {
+    pub fn drop_new(max: usize) -> QueueLimit {
+        QueueLimit {
+            max,
+            policy: QueuePolicy::DropNew,
+        }
+    }
+}
+
 /// Counters of dropped messages, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DropCounts {
@@ -159,15 +185,27 @@ impl SessionState {
         }
     }
 
-    /// Queues a message while the client is away (or behind its window). QoS 0 messages
-    /// are queued too only if `queue_qos0`; a full queue drops the new message.
-    pub fn enqueue(&mut self, delivery: Delivery, limit: usize) -> Result<(), DropReason> {
-        if self.queue.len() >= limit {
-            self.drops.count(DropReason::QueueFull);
-            return Err(DropReason::QueueFull);
+    /// Queues a message while the client is away (or behind its window). A full queue
+    /// drops the new message or the oldest one, as `limit` says; either way the drop is
+    /// counted. Returns the message evicted to make room, if any.
+    pub fn enqueue(
+        &mut self,
+        delivery: Delivery,
+        limit: QueueLimit,
+    ) -> Result<Option<Delivery>, DropReason> {
+        if self.queue.len() < limit.max {
+            self.queue.push_back(delivery);
+            return Ok(None);
         }
-        self.queue.push_back(delivery);
-        Ok(())
+        self.drops.count(DropReason::QueueFull);
+        match limit.policy {
+            QueuePolicy::DropNew => Err(DropReason::QueueFull),
+            QueuePolicy::DropOldest => {
+                let evicted = self.queue.pop_front();
+                self.queue.push_back(delivery);
+                Ok(evicted)
+            }
+        }
     }
 
     /// Messages waiting for the client, oldest first.
@@ -207,7 +245,7 @@ impl SessionState {
 
     /// Makes `resumed` this session, keeping messages queued here first (they arrived
     /// while the resumed session was being handed over) behind its own queue.
-    pub fn absorb_into(&mut self, resumed: SessionState, limit: usize) {
+    pub fn absorb_into(&mut self, resumed: SessionState, limit: QueueLimit) {
         let early = std::mem::replace(self, resumed).queue;
         for delivery in early {
             let _ = self.enqueue(delivery, limit);

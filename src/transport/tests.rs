@@ -148,7 +148,9 @@ fn session_with_one_qos1() -> SessionState {
         shared: None,
         expires_at: None,
     };
-    session.enqueue(delivery, 10).expect("room");
+    session
+        .enqueue(delivery, crate::protocol::QueueLimit::drop_new(10))
+        .expect("room");
     session
 }
 

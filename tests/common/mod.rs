@@ -122,7 +122,11 @@ impl RawClient {
 
     async fn recv_inner(&mut self) -> Option<Packet> {
         loop {
-            if let Some(p) = self.decoder.decode(&mut self.buf).expect("broker sends valid packets") {
+            if let Some(p) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("broker sends valid packets")
+            {
                 return Some(p);
             }
             let n = self.stream.read_buf(&mut self.buf).await.ok()?;
@@ -148,7 +152,12 @@ impl RawClient {
     }
 }
 
-pub fn connect(version: ProtocolVersion, client_id: &str, clean_start: bool, keep_alive: u16) -> Connect {
+pub fn connect(
+    version: ProtocolVersion,
+    client_id: &str,
+    clean_start: bool,
+    keep_alive: u16,
+) -> Connect {
     Connect {
         protocol: version,
         clean_start,

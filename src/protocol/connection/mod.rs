@@ -48,7 +48,7 @@ use super::frame::{FrameMeta, OutboundFrame, SendCompletion, Transmit, Transport
 use super::packet::{
     Auth, Connect, Disconnect, Packet, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
-use super::session::{DropReason, SessionState};
+use super::session::{DropReason, QueueLimit, QueuePolicy, SessionState};
 use super::types::{MqttString, PacketId, ProtocolVersion, QoS, ReasonCode, TopicName};
 use super::writer::{CompletionError, Writer};
 
@@ -61,8 +61,9 @@ pub struct ConnectionConfig {
     pub receive_maximum: u16,
     /// Cap on outbound QoS 1/2 messages in flight, whatever the client allows.
     pub max_inflight: u16,
-    /// Messages queued for the client behind its window.
+    /// Messages queued for the client behind its window, and which goes when full.
     pub max_queued_messages: usize,
+    pub queue_full_policy: QueuePolicy,
     /// Inbound topic aliases accepted (advertised; 0 turns them off).
     pub topic_alias_maximum: u16,
     /// Longest keep-alive allowed; a larger or zero request is replaced by this value via
@@ -80,6 +81,15 @@ pub struct ConnectionConfig {
     pub max_outbox_bytes: usize,
 }
 
+impl ConnectionConfig {
+    pub fn queue_limit(&self) -> QueueLimit {
+        QueueLimit {
+            max: self.max_queued_messages,
+            policy: self.queue_full_policy,
+        }
+    }
+}
+
 impl Default for ConnectionConfig {
     fn default() -> Self {
         ConnectionConfig {
@@ -87,6 +97,7 @@ impl Default for ConnectionConfig {
             receive_maximum: 1024,
             max_inflight: 1024,
             max_queued_messages: 10_000,
+            queue_full_policy: QueuePolicy::DropNew,
             topic_alias_maximum: 64,
             max_keep_alive: Some(3600),
             maximum_qos: QoS::ExactlyOnce,
@@ -425,8 +436,8 @@ impl Connection {
             connect.client_id = id.clone();
         }
         // Deliveries that reached this connection before the decision join the session.
-        let limit = self.config.max_queued_messages;
-        self.session.absorb_into(accept.session, limit);
+        self.session
+            .absorb_into(accept.session, self.config.queue_limit());
         let connack = self.build_connack(accept.session_present, accept.assigned_client_id);
         self.enqueue_packet(&Packet::ConnAck(connack));
         self.state = State::Established;
@@ -490,19 +501,24 @@ impl Connection {
     /// otherwise (also while the connection ends: it goes back to the broker with the
     /// session), dropped and reported when the queue is full.
     pub fn deliver(&mut self, now: Instant, delivery: Delivery) -> DeliverOutcome {
-        if let Err(reason) = self
-            .session
-            .enqueue(delivery.clone(), self.config.max_queued_messages)
-        {
-            self.events.push_back(Event::Dropped {
-                topic: delivery.topic,
-                qos: delivery.qos,
-                reason,
-            });
-            return DeliverOutcome::Dropped(reason);
+        let (topic, qos) = (delivery.topic.clone(), delivery.qos);
+        match self.session.enqueue(delivery, self.config.queue_limit()) {
+            Ok(evicted) => {
+                if let Some(old) = evicted {
+                    self.events.push_back(Event::Dropped {
+                        topic: old.topic,
+                        qos: old.qos,
+                        reason: DropReason::QueueFull,
+                    });
+                }
+                self.pump(now);
+                DeliverOutcome::Accepted
+            }
+            Err(reason) => {
+                self.events.push_back(Event::Dropped { topic, qos, reason });
+                DeliverOutcome::Dropped(reason)
+            }
         }
-        self.pump(now);
-        DeliverOutcome::Accepted
     }
 
     /// Ends the connection from the broker's side (takeover 0x8E, shutdown 0x8B, ...).

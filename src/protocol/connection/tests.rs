@@ -10,7 +10,7 @@ use crate::protocol::codec::{encode_to_bytes, Decoder};
 use crate::protocol::error::Violation;
 use crate::protocol::frame::{FrameBatch, SendTicket};
 use crate::protocol::packet::{Ack, PacketType, Properties, Publish, Subscribe};
-use crate::protocol::session::{OutState, Resend};
+use crate::protocol::session::{OutState, QueuePolicy, Resend};
 use crate::protocol::types::{QosPid, SubscriptionOptions, TopicFilter};
 
 /// A client on the far side of a perfect transport: what the connection writes is decoded
@@ -1116,4 +1116,52 @@ fn a_payload_declared_utf8_that_is_not_gets_0x99() {
     h.flush();
     assert!(matches!(h.received.as_slice(),
         [Packet::Disconnect(d)] if d.reason == ReasonCode::PayloadFormatInvalid));
+}
+
+#[test]
+fn a_full_queue_drops_the_new_or_the_oldest_message_as_configured() {
+    for (policy, expected) in [
+        (QueuePolicy::DropNew, [&b"1"[..], b"2"]),
+        (QueuePolicy::DropOldest, [&b"2"[..], b"3"]),
+    ] {
+        let config = ConnectionConfig {
+            max_queued_messages: 2,
+            queue_full_policy: policy,
+            ..ConnectionConfig::default()
+        };
+        let mut connect = connect_packet(ProtocolVersion::V5, "c");
+        connect.properties.receive_maximum = NonZeroU16::new(1);
+        let mut h = Harness::connected(config, connect, SessionState::new());
+        // One in flight holds the window; the next three compete for two queue slots.
+        h.conn.deliver(h.now, delivery("t", QoS::AtLeastOnce, b"0"));
+        for payload in [&b"1"[..], b"2", b"3"] {
+            let d = Delivery {
+                payload: Bytes::copy_from_slice(payload),
+                ..delivery("t", QoS::AtLeastOnce, b"")
+            };
+            h.conn.deliver(h.now, d);
+        }
+        let queued: Vec<&[u8]> = h
+            .conn
+            .session()
+            .queued()
+            .map(|d| d.payload.as_ref())
+            .collect();
+        assert_eq!(queued, expected, "{policy:?}");
+        assert_eq!(h.conn.session().drops().queue_full, 1);
+        h.drain_events();
+        assert_eq!(
+            h.events
+                .iter()
+                .filter(|e| matches!(
+                    e,
+                    Event::Dropped {
+                        reason: DropReason::QueueFull,
+                        ..
+                    }
+                ))
+                .count(),
+            1
+        );
+    }
 }
