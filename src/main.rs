@@ -137,6 +137,9 @@ fn serve(args: ConfigArgs) -> ExitCode {
                 );
             }
         }
+        if let Some(addr) = server.quic_addr {
+            println!("twinmq: MQTT over QUIC on {addr}/udp (ALPN mqtt)");
+        }
         wait_for_signal().await;
         println!("twinmq: shutting down");
         server.shutdown(Duration::from_secs(5)).await;

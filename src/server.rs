@@ -14,12 +14,15 @@ use tokio_rustls::TlsAcceptor;
 use crate::broker::{Broker, BrokerConfig, BrokerService};
 use crate::config::{self, Config, ConfigError};
 use crate::transport::listener::{self, Limits, Service};
+use crate::transport::quic;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Quic(#[from] quic::QuicError),
     #[error("cannot bind {key} to {addr}: {source}")]
     Bind {
         key: &'static str,
@@ -33,6 +36,8 @@ pub struct Server {
     pub broker: Arc<Broker>,
     pub tcp_addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
+    /// The QUIC endpoint's UDP address.
+    pub quic_addr: Option<SocketAddr>,
     /// The development CA, when the TLS listener uses generated certificates.
     pub dev_ca: Option<PathBuf>,
     tasks: Vec<JoinHandle<()>>,
@@ -80,10 +85,29 @@ impl Server {
                 broker.shutdown_signal(),
             )));
         }
+        let mut quic_addr = None;
+        if config.listeners.quic.enabled {
+            let quic = &config.listeners.quic;
+            if quic.cert.is_none() || quic.key.is_none() {
+                dev_ca = Some(config::certs::ensure_dev_certs(&config.data_dir)?.ca_cert);
+            }
+            let settings = config.quic_tls_settings()?;
+            let crypto = config::tls::quic_server_crypto(&settings, quic.enable_0rtt)?;
+            let endpoint = quic::endpoint(quic, crypto)?;
+            quic_addr = endpoint.local_addr().ok();
+            tasks.push(tokio::spawn(quic::run(
+                endpoint,
+                Arc::clone(&service),
+                limits.clone(),
+                quic.enable_0rtt,
+                broker.shutdown_signal(),
+            )));
+        }
         Ok(Server {
             broker,
             tcp_addr,
             tls_addr,
+            quic_addr,
             dev_ca,
             tasks,
         })

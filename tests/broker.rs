@@ -710,3 +710,30 @@ async fn a_receive_maximum_from_the_client_limits_messages_in_flight() {
         (&b"1"[..], &b"2"[..])
     );
 }
+
+#[tokio::test]
+async fn a_silent_tls_client_is_dropped_after_the_handshake_timeout_and_others_still_connect() {
+    use tokio::io::AsyncReadExt;
+    let broker = TestBroker::start_with("hstimeout", &["limits.handshake_timeout=1s"]).await;
+    let mut silent = tokio::net::TcpStream::connect(broker.tls)
+        .await
+        .expect("tcp connect");
+    // While it hangs in its handshake, the accept loop keeps serving others.
+    rumqttc_v311_roundtrip(&broker).await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, silent.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "the broker closes a client that never finishes its handshake"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_sends_connect_is_dropped_after_the_connect_timeout() {
+    let broker = TestBroker::start_with("conntimeout", &["mqtt.connect_timeout=1s"]).await;
+    let mut silent = RawClient::connect(broker.tcp, V5).await;
+    assert!(silent.expect_closed().await.is_empty());
+}

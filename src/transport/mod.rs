@@ -8,6 +8,7 @@
 
 pub mod driver;
 pub mod listener;
+pub mod quic;
 
 pub use driver::{drive, now, Command, EventSink};
 pub use listener::{PeerInfo, Service, TransportKind};

@@ -38,6 +38,7 @@ pub struct TestBroker {
     pub server: Server,
     pub tcp: SocketAddr,
     pub tls: SocketAddr,
+    pub quic: SocketAddr,
     /// The CA that signed the server certificate (for `localhost`, 127.0.0.1, ::1).
     pub ca: PathBuf,
     pub data_dir: PathBuf,
@@ -55,7 +56,7 @@ impl TestBroker {
             format!("data_dir={}", data_dir.display()),
             "listeners.tcp.bind=127.0.0.1:0".to_string(),
             "listeners.tls.bind=127.0.0.1:0".to_string(),
-            "listeners.quic.enabled=false".to_string(),
+            "listeners.quic.bind=127.0.0.1:0".to_string(),
         ];
         settings.extend(extra.iter().map(|s| s.to_string()));
         let overrides = Overrides::from_assignments(&settings).expect("valid overrides");
@@ -67,11 +68,13 @@ impl TestBroker {
         let server = Server::start(&config).await.expect("broker starts");
         let tcp = server.tcp_addr.expect("tcp listener");
         let tls = server.tls_addr.expect("tls listener");
+        let quic = server.quic_addr.expect("quic listener");
         let ca = server.dev_ca.clone().expect("dev CA generated");
         TestBroker {
             server,
             tcp,
             tls,
+            quic,
             ca,
             data_dir,
         }

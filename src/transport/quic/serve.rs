@@ -1,0 +1,41 @@
+//! One QUIC connection: its first bidirectional stream carries the MQTT session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::transport::listener::{PeerInfo, Service, TransportKind};
+
+/// How long a closing connection waits for the client to close first, so the last frames
+/// written on the stream (a DISCONNECT) are delivered rather than discarded.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Serves a handshaken QUIC connection: waits (up to `stream_wait`) for the client to
+/// open its first bidirectional stream and runs the MQTT session over it.
+pub async fn serve_connection(
+    connection: quinn::Connection,
+    service: Arc<dyn Service>,
+    stream_wait: Duration,
+) {
+    let peer = connection.remote_address();
+    let (send, recv) = match tokio::time::timeout(stream_wait, connection.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(err)) => {
+            tracing::info!(%peer, transport = "quic", error = %err, "connection ended before its first stream");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, transport = "quic", "no stream opened in time");
+            connection.close(0u32.into(), b"no stream");
+            return;
+        }
+    };
+    let info = PeerInfo {
+        transport: TransportKind::QuicSingle,
+        peer,
+    };
+    service
+        .serve(Box::new(tokio::io::join(recv, send)), info)
+        .await;
+    let _ = tokio::time::timeout(LINGER, connection.closed()).await;
+    connection.close(0u32.into(), b"");
+}
