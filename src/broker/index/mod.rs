@@ -27,11 +27,14 @@
 //! [`parse_shared`]; each message goes to one member per group, chosen round robin among the
 //! online members (see [`SubscriptionIndex::set_online`]).
 //!
-//! Cost of a write: the nodes on one root-to-leaf path are copied (each copy clones that
-//! node's child pointers) and so is the one subscriber list edited, which is O(subscribers
-//! of that exact filter). The rest of the trie is shared with the snapshots readers hold.
+//! Cost of a write: the nodes on one root-to-leaf path are copied, O(1) each; the maps a
+//! write edits (a node's children, a filter's subscribers) are persistent hash maps of which
+//! an edit copies O(log32 n) small branches; a shared group's member list is copied whole
+//! (groups are small). Everything else is shared with the snapshots readers hold. Measured
+//! in `benches/topic.rs`.
 
 mod filter;
+mod pmap;
 mod shared;
 mod trie;
 
@@ -302,7 +305,7 @@ impl<K: ClientKey> Snapshot<K> {
     /// member). `publisher` is the client that published it, for no local; `None` for
     /// messages the broker makes itself (wills, `$SYS`).
     ///
-    /// Ordinary routes come sorted by client. Each call advances the round robin of every
+    /// Routes come in no particular order. Each call advances the round robin of every
     /// matching shared group, so call it once per message.
     pub fn matches(&self, topic: &TopicName, publisher: Option<&K>) -> Vec<Route<K>> {
         let mut out = Vec::new();

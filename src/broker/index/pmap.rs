@@ -1,39 +1,46 @@
-//! A persistent hash map (a hash array mapped trie) for the topic trie's wide parts: the
-//! children of a node and the subscribers of a filter.
+//! A persistent hash map (a hash array mapped trie in the CHAMP layout) for the wide parts
+//! of the topic trie: the children of a node and the subscribers of a filter.
 //!
-//! Cloning a map is one `Arc` increment, and an insert or a remove on a clone copies only the
-//! branches on the key's hash path, at most 13 branches of at most 32 slots, instead of the
-//! whole map. So a subscribe under `devices/` with 100 000 devices, or a subscriber joining a
-//! filter 100 000 clients share, copies a few hundred pointers, not 100 000 entries.
+//! Cloning a map is one `Arc` increment, and an edit of a clone copies only the branches on
+//! the key's hash path (at most 13 branches of at most 32 entries) instead of the whole map.
+//! So a subscribe under `devices/` with 100 000 devices, or a client joining a filter that
+//! 100 000 clients share, copies a few hundred pointers, not 100 000 entries.
 //!
-//! Each 64-bit hash is consumed 5 bits per level. Keys whose whole hashes are equal share a
-//! collision slot at the bottom; the hasher is keyed randomly per process (std `RandomState`),
-//! so clients cannot choose topic levels that collide on purpose, and partial collisions only
-//! add levels (13 at most). Depth is bounded by the hash width, so the recursion here is
-//! bounded too.
+//! Hashes are 64 bits, consumed 5 bits per level; keys whose whole hashes are equal end up
+//! in an overflow list one level below the last. The hasher is std's `RandomState`, keyed
+//! randomly once per process, so clients cannot pick topic levels that collide on purpose,
+//! and partial collisions only add levels. Depth is bounded by the hash width (14 levels),
+//! so the little recursion here is bounded too.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Arc, OnceLock};
 
 const BITS: u32 = 5;
+/// Shifts at or past this are below the last level: only whole-hash collisions get there.
+const OVERFLOW_SHIFT: u32 = 64;
 
 pub(super) struct PersistentMap<K, V> {
     root: Option<Arc<Branch<K, V>>>,
     len: usize,
 }
 
+/// One level: entries stored here (`leaf_map`) and sub-branches (`sub_map`), each indexed by
+/// the popcount of the bits below its own bit. A bit is in at most one of the two maps.
 struct Branch<K, V> {
-    bitmap: u32,
-    /// One slot per bit set in `bitmap`, in bit order.
-    slots: Vec<Slot<K, V>>,
+    leaf_map: u32,
+    sub_map: u32,
+    leaves: Vec<Leaf<K, V>>,
+    subs: Vec<Arc<Branch<K, V>>>,
+    /// Used only by branches at `OVERFLOW_SHIFT`: entries whose full hashes are equal.
+    overflow: Vec<Leaf<K, V>>,
 }
 
-enum Slot<K, V> {
-    Leaf { hash: u64, key: K, value: V },
-    /// Two or more keys with the same 64-bit hash.
-    Collision { hash: u64, entries: Vec<(K, V)> },
-    Sub(Arc<Branch<K, V>>),
+#[derive(Clone)]
+struct Leaf<K, V> {
+    hash: u64,
+    key: K,
+    value: V,
 }
 
 fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
@@ -41,30 +48,23 @@ fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
     STATE.get_or_init(RandomState::new).hash_one(key)
 }
 
-/// The bit of `hash` at the level that starts at `shift`.
+/// The bit of `hash` for the level at `shift` (`shift < 64`).
 fn bit(hash: u64, shift: u32) -> u32 {
     1 << (hash.checked_shr(shift).unwrap_or(0) & 31)
 }
 
-impl<K, V> Branch<K, V> {
-    fn position(&self, bit: u32) -> usize {
-        (self.bitmap & (bit - 1)).count_ones() as usize
-    }
+fn index(map: u32, bit: u32) -> usize {
+    (map & (bit - 1)).count_ones() as usize
 }
 
-impl<K: Clone, V: Clone> Clone for Slot<K, V> {
-    fn clone(&self) -> Self {
-        match self {
-            Slot::Leaf { hash, key, value } => Slot::Leaf {
-                hash: *hash,
-                key: key.clone(),
-                value: value.clone(),
-            },
-            Slot::Collision { hash, entries } => Slot::Collision {
-                hash: *hash,
-                entries: entries.clone(),
-            },
-            Slot::Sub(branch) => Slot::Sub(Arc::clone(branch)),
+impl<K, V> Default for Branch<K, V> {
+    fn default() -> Self {
+        Branch {
+            leaf_map: 0,
+            sub_map: 0,
+            leaves: Vec::new(),
+            subs: Vec::new(),
+            overflow: Vec::new(),
         }
     }
 }
@@ -72,9 +72,34 @@ impl<K: Clone, V: Clone> Clone for Slot<K, V> {
 impl<K: Clone, V: Clone> Clone for Branch<K, V> {
     fn clone(&self) -> Self {
         Branch {
-            bitmap: self.bitmap,
-            slots: self.slots.clone(),
+            leaf_map: self.leaf_map,
+            sub_map: self.sub_map,
+            leaves: self.leaves.clone(),
+            subs: self.subs.clone(),
+            overflow: self.overflow.clone(),
         }
+    }
+}
+
+impl<K, V> Branch<K, V> {
+    fn is_empty(&self) -> bool {
+        self.leaves.is_empty() && self.subs.is_empty() && self.overflow.is_empty()
+    }
+
+    /// The branch's only entry, if it has exactly one and no sub-branches.
+    fn take_single(&mut self) -> Option<Leaf<K, V>> {
+        if !self.subs.is_empty() || self.leaves.len() + self.overflow.len() != 1 {
+            return None;
+        }
+        self.leaf_map = 0;
+        self.leaves.pop().or_else(|| self.overflow.pop())
+    }
+
+    fn insert_leaf(&mut self, bit: u32, leaf: Leaf<K, V>) -> usize {
+        let i = index(self.leaf_map, bit);
+        self.leaf_map |= bit;
+        self.leaves.insert(i, leaf);
+        i
     }
 }
 
@@ -102,33 +127,34 @@ impl<K, V> PersistentMap<K, V> {
         self.len == 0
     }
 
-    /// Every entry, in hash order.
-    pub(super) fn iter(&self) -> Iter<'_, K, V> {
-        Iter {
-            stack: self.root.iter().map(|root| root.slots.iter()).collect(),
-            collision: [].iter(),
+    /// Calls `f` on every entry, in no particular order; recursion depth is bounded by the 14
+    /// hash levels.
+    pub(super) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        fn walk<K, V>(branch: &Branch<K, V>, f: &mut impl FnMut(&K, &V)) {
+            for leaf in branch.leaves.iter().chain(&branch.overflow) {
+                f(&leaf.key, &leaf.value);
+            }
+            for sub in &branch.subs {
+                walk(sub, f);
+            }
+        }
+        if let Some(root) = &self.root {
+            walk(root, &mut f);
         }
     }
 
-    /// Empties the map and returns the values it owned alone. Values in branches still
-    /// shared with a clone stay there (only the reference to the branch is dropped), so this
-    /// never recurses into another owner's data.
+    /// Empties the map and returns the values it alone owned. Branches still shared with a
+    /// clone are only released (a reference count decrement), so this never walks into
+    /// another owner's data and never recurses.
     pub(super) fn take_owned_values(&mut self) -> Vec<V> {
         let mut values = Vec::new();
         let mut branches: Vec<Arc<Branch<K, V>>> = self.root.take().into_iter().collect();
         self.len = 0;
         while let Some(branch) = branches.pop() {
-            let Some(branch) = Arc::into_inner(branch) else {
-                continue;
-            };
-            for slot in branch.slots {
-                match slot {
-                    Slot::Leaf { value, .. } => values.push(value),
-                    Slot::Collision { entries, .. } => {
-                        values.extend(entries.into_iter().map(|(_, v)| v))
-                    }
-                    Slot::Sub(sub) => branches.push(sub),
-                }
+            if let Some(branch) = Arc::into_inner(branch) {
+                values.extend(branch.leaves.into_iter().map(|leaf| leaf.value));
+                values.extend(branch.overflow.into_iter().map(|leaf| leaf.value));
+                branches.extend(branch.subs);
             }
         }
         values
@@ -143,74 +169,79 @@ impl<K, V> PersistentMap<K, V> {
         let mut branch = self.root.as_deref()?;
         let mut shift = 0;
         loop {
+            if shift >= OVERFLOW_SHIFT {
+                return branch
+                    .overflow
+                    .iter()
+                    .find(|leaf| leaf.key.borrow() == key)
+                    .map(|leaf| &leaf.value);
+            }
             let bit = bit(hash, shift);
-            if branch.bitmap & bit == 0 {
+            if branch.leaf_map & bit != 0 {
+                let leaf = &branch.leaves[index(branch.leaf_map, bit)];
+                return (leaf.hash == hash && leaf.key.borrow() == key).then_some(&leaf.value);
+            }
+            if branch.sub_map & bit == 0 {
                 return None;
             }
-            match &branch.slots[branch.position(bit)] {
-                Slot::Leaf { hash: h, key: k, value } => {
-                    return (*h == hash && k.borrow() == key).then_some(value);
-                }
-                Slot::Collision { hash: h, entries } => {
-                    return if *h == hash {
-                        entries.iter().find(|(k, _)| k.borrow() == key).map(|(_, v)| v)
-                    } else {
-                        None
-                    };
-                }
-                Slot::Sub(sub) => {
-                    branch = sub;
-                    shift += BITS;
-                }
-            }
+            branch = &branch.subs[index(branch.sub_map, bit)];
+            shift += BITS;
         }
     }
 }
 
 impl<K: Clone + Hash + Eq, V: Clone> PersistentMap<K, V> {
-    /// The value of `key`, inserted with `make` if missing, made unique for editing.
+    /// The value of `key`, inserted from `make` if missing, made unique for editing.
     pub(super) fn get_or_insert_with<Q>(&mut self, key: &Q, make: impl FnOnce() -> (K, V)) -> &mut V
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.find_or_insert(key, make).0
+    }
+
+    /// The value of `key` made unique for editing; copies nothing when the key is absent.
+    pub(super) fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get(key)?;
         let hash = hash_of(key);
-        if self.get(key).is_none() {
-            let (k, v) = make();
-            self.insert_new(hash, k, v);
-        }
-        let mut branch = Arc::make_mut(self.root.get_or_insert_with(Default::default));
+        let mut branch = Arc::make_mut(self.root.as_mut()?);
         let mut shift = 0;
         loop {
-            let bit = bit(hash, shift);
-            let pos = branch.position(bit);
-            // `insert_new` put the key on this path, so every step finds its slot.
-            match &mut branch.slots[pos] {
-                Slot::Sub(sub) => {
-                    branch = Arc::make_mut(sub);
-                    shift += BITS;
-                }
-                Slot::Leaf { value, .. } => return value,
-                Slot::Collision { entries, .. } => {
-                    let i = entries
-                        .iter()
-                        .position(|(k, _)| k.borrow() == key)
-                        .unwrap_or(0);
-                    return &mut entries[i].1;
-                }
+            if shift >= OVERFLOW_SHIFT {
+                return branch
+                    .overflow
+                    .iter_mut()
+                    .find(|leaf| leaf.key.borrow() == key)
+                    .map(|leaf| &mut leaf.value);
             }
+            let bit = bit(hash, shift);
+            if branch.leaf_map & bit != 0 {
+                let i = index(branch.leaf_map, bit);
+                let leaf = &mut branch.leaves[i];
+                return (leaf.hash == hash && leaf.key.borrow() == key).then_some(&mut leaf.value);
+            }
+            if branch.sub_map & bit == 0 {
+                return None;
+            }
+            let i = index(branch.sub_map, bit);
+            branch = Arc::make_mut(&mut branch.subs[i]);
+            shift += BITS;
         }
     }
 
     /// Inserts or replaces; returns the value replaced.
     pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let hash = hash_of(&key);
-        if self.get(&key).is_some() {
-            let slot = self.get_or_insert_with(&key, || unreachable_pair());
-            return Some(std::mem::replace(slot, value));
+        let probe = key.clone();
+        let (slot, inserted) = self.find_or_insert(&probe, || (key, value.clone()));
+        if inserted {
+            None
+        } else {
+            Some(std::mem::replace(slot, value))
         }
-        self.insert_new(hash, key, value);
-        None
     }
 
     /// Removes `key`; returns its value. Copies nothing when the key is absent.
@@ -220,92 +251,74 @@ impl<K: Clone + Hash + Eq, V: Clone> PersistentMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         self.get(key)?;
-        let hash = hash_of(key);
         let root = self.root.as_mut()?;
-        let removed = remove_in(Arc::make_mut(root), hash, key, 0)?;
+        let root = Arc::make_mut(root);
+        let removed = remove_in(root, hash_of(key), key, 0)?;
         self.len -= 1;
-        if root.slots.is_empty() {
+        if root.is_empty() {
             self.root = None;
         }
         Some(removed)
     }
 
-    /// Inserts a key known to be absent.
-    fn insert_new(&mut self, hash: u64, key: K, value: V) {
-        self.len += 1;
+    /// Finds `key` or inserts `make()`'s entry for it (which must have an equal key), copying
+    /// the shared branches on the way; returns the value and whether it was inserted.
+    fn find_or_insert<Q>(&mut self, key: &Q, make: impl FnOnce() -> (K, V)) -> (&mut V, bool)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = hash_of(key);
+        let len = &mut self.len;
         let mut branch = Arc::make_mut(self.root.get_or_insert_with(Default::default));
         let mut shift = 0;
         loop {
+            if shift >= OVERFLOW_SHIFT {
+                let i = match branch.overflow.iter().position(|l| l.key.borrow() == key) {
+                    Some(i) => i,
+                    None => {
+                        let (key, value) = make();
+                        let last = branch.overflow.len();
+                        branch.overflow.push(Leaf { hash, key, value });
+                        *len += 1;
+                        return (&mut branch.overflow[last].value, true);
+                    }
+                };
+                return (&mut branch.overflow[i].value, false);
+            }
             let bit = bit(hash, shift);
-            let pos = branch.position(bit);
-            if branch.bitmap & bit == 0 {
-                branch.bitmap |= bit;
-                branch.slots.insert(pos, Slot::Leaf { hash, key, value });
-                return;
+            if branch.sub_map & bit != 0 {
+                let i = index(branch.sub_map, bit);
+                branch = Arc::make_mut(&mut branch.subs[i]);
+                shift += BITS;
+                continue;
             }
-            match &mut branch.slots[pos] {
-                Slot::Sub(sub) => {
-                    branch = Arc::make_mut(sub);
-                    shift += BITS;
-                }
-                Slot::Collision { hash: h, entries } if *h == hash => {
-                    entries.push((key, value));
-                    return;
-                }
-                Slot::Leaf { hash: h, .. } if *h == hash => {
-                    let Slot::Leaf { key: k0, value: v0, .. } = branch.slots.remove(pos) else {
-                        return;
-                    };
-                    branch.slots.insert(
-                        pos,
-                        Slot::Collision {
-                            hash,
-                            entries: vec![(k0, v0), (key, value)],
-                        },
-                    );
-                    return;
-                }
-                Slot::Leaf { hash: h, .. } | Slot::Collision { hash: h, .. } => {
-                    let other_hash = *h;
-                    let other = branch.slots.remove(pos);
-                    let split = pair(other, other_hash, Slot::Leaf { hash, key, value }, hash, shift + BITS);
-                    branch.slots.insert(pos, Slot::Sub(Arc::new(split)));
-                    return;
-                }
+            if branch.leaf_map & bit == 0 {
+                let (key, value) = make();
+                let i = branch.insert_leaf(bit, Leaf { hash, key, value });
+                *len += 1;
+                return (&mut branch.leaves[i].value, true);
             }
-        }
-    }
-}
-
-impl<K, V> Default for Branch<K, V> {
-    fn default() -> Self {
-        Branch {
-            bitmap: 0,
-            slots: Vec::new(),
-        }
-    }
-}
-
-/// Never called: `insert` only asks for a slot that exists.
-fn unreachable_pair<K, V>() -> (K, V) {
-    unreachable!("slot exists")
-}
-
-/// A branch at `shift` holding two slots whose hashes differ.
-fn pair<K, V>(a: Slot<K, V>, hash_a: u64, b: Slot<K, V>, hash_b: u64, shift: u32) -> Branch<K, V> {
-    let (bit_a, bit_b) = (bit(hash_a, shift), bit(hash_b, shift));
-    if bit_a == bit_b {
-        // Different hashes differ within 64 bits, so this stops by shift 60.
-        let sub = pair(a, hash_a, b, hash_b, shift + BITS);
-        Branch {
-            bitmap: bit_a,
-            slots: vec![Slot::Sub(Arc::new(sub))],
-        }
-    } else {
-        let slots = if bit_a < bit_b { vec![a, b] } else { vec![b, a] };
-        Branch {
-            bitmap: bit_a | bit_b,
-            slots,
+            let i = index(branch.leaf_map, bit);
+            if branch.leaves[i].hash == hash && branch.leaves[i].key.borrow() == key {
+                return (&mut branch.leaves[i].value, false);
+            }
+            // Another key holds this bit: push it one level down into a new branch, and go
+            // on there (which splits again while the two hashes keep agreeing).
+            let other = branch.leaves.remove(i);
+            branch.leaf_map &= !bit;
+            let mut sub = Branch::default();
+            let below = shift + BITS;
+            if below >= OVERFLOW_SHIFT {
+                sub.overflow.push(other);
+            } else {
+                sub.insert_leaf(self::bit(other.hash, below), other);
+            }
+            let s = index(branch.sub_map, bit);
+            branch.sub_map |= bit;
+            branch.subs.insert(s, Arc::new(sub));
+            branch = Arc::make_mut(&mut branch.subs[s]);
+            shift = below;
         }
     }
 }
@@ -316,83 +329,50 @@ where
     V: Clone,
     Q: Eq + ?Sized,
 {
+    if shift >= OVERFLOW_SHIFT {
+        let i = branch.overflow.iter().position(|l| l.key.borrow() == key)?;
+        return Some(branch.overflow.remove(i).value);
+    }
     let bit = bit(hash, shift);
-    if branch.bitmap & bit == 0 {
+    if branch.leaf_map & bit != 0 {
+        let i = index(branch.leaf_map, bit);
+        let leaf = &branch.leaves[i];
+        if leaf.hash != hash || leaf.key.borrow() != key {
+            return None;
+        }
+        branch.leaf_map &= !bit;
+        return Some(branch.leaves.remove(i).value);
+    }
+    if branch.sub_map & bit == 0 {
         return None;
     }
-    let pos = branch.position(bit);
-    match &mut branch.slots[pos] {
-        Slot::Leaf { hash: h, key: k, .. } => {
-            if *h != hash || k.borrow() != key {
-                return None;
-            }
-            branch.bitmap &= !bit;
-            match branch.slots.remove(pos) {
-                Slot::Leaf { value, .. } => Some(value),
-                _ => None,
-            }
-        }
-        Slot::Collision { hash: h, entries } => {
-            if *h != hash {
-                return None;
-            }
-            let i = entries.iter().position(|(k, _)| k.borrow() == key)?;
-            let (_, value) = entries.remove(i);
-            if entries.len() == 1 {
-                if let Some((k, v)) = entries.pop() {
-                    branch.slots[pos] = Slot::Leaf { hash, key: k, value: v };
-                }
-            }
-            Some(value)
-        }
-        Slot::Sub(sub) => {
-            let sub = Arc::make_mut(sub);
-            let removed = remove_in(sub, hash, key, shift + BITS)?;
-            // A branch left with one leaf folds into its parent's slot, so lookups stay short
-            // and a chain of single-slot branches unwinds as the recursion returns.
-            if sub.slots.len() == 1 && !matches!(sub.slots[0], Slot::Sub(_)) {
-                if let Some(only) = sub.slots.pop() {
-                    branch.slots[pos] = only;
-                }
-            }
-            Some(removed)
-        }
+    let s = index(branch.sub_map, bit);
+    let sub = Arc::make_mut(&mut branch.subs[s]);
+    let removed = remove_in(sub, hash, key, shift + BITS)?;
+    // A sub-branch left with a single entry folds back into this level, so lookups stay
+    // short and a chain of single-entry branches unwinds as the recursion returns.
+    if let Some(only) = sub.take_single() {
+        branch.subs.remove(s);
+        branch.sub_map &= !bit;
+        branch.insert_leaf(bit, only);
     }
-}
-
-pub(super) struct Iter<'a, K, V> {
-    stack: Vec<std::slice::Iter<'a, Slot<K, V>>>,
-    collision: std::slice::Iter<'a, (K, V)>,
-}
-
-impl<'a, K, V> Iterator for Iter<'a, K, V> {
-    type Item = (&'a K, &'a V);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some((k, v)) = self.collision.next() {
-                return Some((k, v));
-            }
-            let top = self.stack.last_mut()?;
-            match top.next() {
-                None => {
-                    self.stack.pop();
-                }
-                Some(Slot::Leaf { key, value, .. }) => return Some((key, value)),
-                Some(Slot::Collision { entries, .. }) => self.collision = entries.iter(),
-                Some(Slot::Sub(sub)) => self.stack.push(sub.slots.iter()),
-            }
-        }
-    }
+    Some(removed)
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::hash::Hasher;
 
     use proptest::prelude::*;
 
     use super::*;
+
+    fn entries<K: Clone, V: Clone>(map: &PersistentMap<K, V>) -> Vec<(K, V)> {
+        let mut out = Vec::new();
+        map.for_each(|k, v| out.push((k.clone(), v.clone())));
+        out
+    }
 
     #[test]
     fn clones_share_until_written() {
@@ -401,8 +381,8 @@ mod tests {
             a.insert(i, i);
         }
         let b = a.clone();
-        a.insert(5, 50);
-        a.remove(&6);
+        assert_eq!(a.insert(5, 50), Some(5));
+        assert_eq!(a.remove(&6), Some(6));
         assert_eq!(b.get(&5), Some(&5));
         assert_eq!(b.get(&6), Some(&6));
         assert_eq!(a.get(&5), Some(&50));
@@ -410,19 +390,37 @@ mod tests {
         assert_eq!((a.len(), b.len()), (999, 1000));
     }
 
+    /// A key whose hash is chosen by the test, to force whole-hash collisions.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Forced(u64, u32);
+
+    impl Hash for Forced {
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            state.write_u64(self.0);
+        }
+    }
+
     #[test]
-    fn full_hash_collisions_are_kept_apart() {
-        // Force collisions by building slots by hand at one hash.
-        let mut map: PersistentMap<&str, u32> = PersistentMap::default();
-        map.insert_new(7, "x", 1);
-        map.insert_new(7, "y", 2);
-        map.insert_new(7 | (1 << 40), "z", 3);
-        let found: Vec<_> = map.iter().map(|(k, v)| (*k, *v)).collect();
-        assert_eq!(found.len(), 3);
-        let root = map.root.as_mut().expect("root");
-        assert_eq!(remove_in(Arc::make_mut(root), 7, "x", 0), Some(1));
-        assert_eq!(remove_in(Arc::make_mut(root), 7, "x", 0), None);
-        assert_eq!(remove_in(Arc::make_mut(root), 7, "y", 0), Some(2));
+    fn whole_hash_collisions_are_kept_apart() {
+        let mut map: PersistentMap<Forced, u32> = PersistentMap::default();
+        for n in 0..5 {
+            map.insert(Forced(7, n), n);
+        }
+        map.insert(Forced(8, 0), 100);
+        assert_eq!(map.len(), 6);
+        for n in 0..5 {
+            assert_eq!(map.get(&Forced(7, n)), Some(&n));
+        }
+        let copy = map.clone();
+        for n in 0..5 {
+            assert_eq!(map.remove(&Forced(7, n)), Some(n));
+            assert_eq!(map.remove(&Forced(7, n)), None);
+        }
+        assert_eq!(map.get(&Forced(8, 0)), Some(&100));
+        assert_eq!(entries(&map).len(), 1);
+        assert_eq!(entries(&copy).len(), 6);
+        assert_eq!(map.remove(&Forced(8, 0)), Some(100));
+        assert!(map.is_empty() && map.root.is_none());
     }
 
     #[derive(Debug, Clone)]
@@ -433,7 +431,6 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        // A small key space so removes hit; u16 keys spread over many levels.
         prop_oneof![
             4 => (0u16..300, any::<u8>()).prop_map(|(k, v)| Op::Insert(k, v)),
             3 => (0u16..300).prop_map(Op::Remove),
@@ -459,7 +456,7 @@ mod tests {
             snapshots.push((map, model));
             for (map, model) in &snapshots {
                 prop_assert_eq!(map.len(), model.len());
-                let mut listed: Vec<(u16, u8)> = map.iter().map(|(k, v)| (*k, *v)).collect();
+                let mut listed = entries(map);
                 listed.sort();
                 let mut expected: Vec<(u16, u8)> = model.iter().map(|(k, v)| (*k, *v)).collect();
                 expected.sort();
@@ -468,9 +465,9 @@ mod tests {
                     prop_assert_eq!(map.get(&k), model.get(&k));
                 }
             }
-            let (mut last, _) = snapshots.pop().expect("pushed");
-            let owned = last.take_owned_values().len();
-            prop_assert!(owned <= snapshots.last().map_or(usize::MAX, |_| usize::MAX));
+            let (mut last, model) = snapshots.pop().expect("pushed");
+            let owned = last.take_owned_values();
+            prop_assert!(owned.len() <= model.len());
             prop_assert!(last.is_empty());
         }
     }

@@ -204,8 +204,9 @@ impl Model {
     fn check(&self, index: &Snapshot<u32>, topic: &str, publisher: Option<u32>) {
         let t = TopicName::new(topic).expect("generated valid");
         let routes = index.matches(&t, publisher.as_ref());
-        let (direct, shared): (Vec<_>, Vec<_>) =
+        let (mut direct, shared): (Vec<_>, Vec<_>) =
             routes.into_iter().partition(|r| r.share.is_none());
+        direct.sort_by_key(|r| r.client);
         assert_eq!(
             direct,
             self.direct_routes(topic, publisher),
@@ -306,11 +307,12 @@ proptest! {
             model.check(&shared.snapshot(), topic, *publisher);
             if let Some((snapshot, old)) = &halfway {
                 let t = TopicName::new(topic).expect("valid");
-                let direct: Vec<_> = snapshot
+                let mut direct: Vec<_> = snapshot
                     .matches(&t, publisher.as_ref())
                     .into_iter()
                     .filter(|r| r.share.is_none())
                     .collect();
+                direct.sort_by_key(|r| r.client);
                 prop_assert_eq!(direct, old.direct_routes(topic, *publisher));
             }
         }

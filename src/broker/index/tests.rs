@@ -43,12 +43,20 @@ fn index_with(subs: &[(u32, &str)]) -> SubscriptionIndex<u32> {
 
 /// The clients that receive `t` through ordinary subscriptions.
 fn receivers(index: &SubscriptionIndex<u32>, t: &str) -> Vec<u32> {
-    index
-        .matches(&topic(t), None)
-        .into_iter()
-        .filter(|r| r.share.is_none())
-        .map(|r| r.client)
-        .collect()
+    clients(
+        index
+            .matches(&topic(t), None)
+            .into_iter()
+            .filter(|r| r.share.is_none())
+            .collect(),
+    )
+}
+
+/// The receiving clients, sorted (routes come in no particular order).
+fn clients(routes: Vec<Route<u32>>) -> Vec<u32> {
+    let mut clients: Vec<u32> = routes.into_iter().map(|r| r.client).collect();
+    clients.sort_unstable();
+    clients
 }
 
 fn matches_one(f: &str, t: &str) -> bool {
@@ -128,7 +136,8 @@ fn overlapping_subscriptions_deliver_once_at_highest_qos_with_every_identifier()
         .subscribe(&2, &filter("a/b"), qos(0), id(9))
         .expect("ok");
 
-    let routes = index.matches(&topic("a/b"), None);
+    let mut routes = index.matches(&topic("a/b"), None);
+    routes.sort_by_key(|r| r.client);
     assert_eq!(
         routes,
         vec![
@@ -163,17 +172,12 @@ fn no_local_skips_only_the_publishers_own_subscription() {
     index
         .subscribe(&2, &filter("a/b"), no_local(1), None)
         .expect("ok");
-    let clients = |publisher: Option<u32>| -> Vec<u32> {
-        index
-            .matches(&topic("a/b"), publisher.as_ref())
-            .into_iter()
-            .map(|r| r.client)
-            .collect()
-    };
-    assert_eq!(clients(Some(1)), [2]);
-    assert_eq!(clients(Some(2)), [1]);
-    assert_eq!(clients(Some(3)), [1, 2]);
-    assert_eq!(clients(None), [1, 2]);
+    let receivers =
+        |publisher: Option<u32>| clients(index.matches(&topic("a/b"), publisher.as_ref()));
+    assert_eq!(receivers(Some(1)), [2]);
+    assert_eq!(receivers(Some(2)), [1]);
+    assert_eq!(receivers(Some(3)), [1, 2]);
+    assert_eq!(receivers(None), [1, 2]);
 
     // Another matching subscription without no local still delivers, on its own terms.
     index
@@ -466,8 +470,6 @@ fn snapshots_do_not_see_later_writes() {
         .subscribe(&2, &filter("a/b"), qos(0), None)
         .expect("ok");
     index.unsubscribe(&1, &filter("a/#"));
-    let clients =
-        |routes: Vec<Route<u32>>| routes.into_iter().map(|r| r.client).collect::<Vec<_>>();
     assert_eq!(clients(before.matches(&topic("a/b"), None)), [1]);
     assert_eq!(before.len(), 1);
     assert_eq!(clients(index.matches(&topic("a/b"), None)), [2]);
@@ -490,12 +492,7 @@ fn shared_index_publishes_each_update_once() {
     });
     assert_eq!(old.len(), 1);
     assert_eq!(shared.len(), 3);
-    let clients: Vec<u32> = shared
-        .matches(&topic("a/b"), None)
-        .into_iter()
-        .map(|r| r.client)
-        .collect();
-    assert_eq!(clients, [1, 2, 3]);
+    assert_eq!(clients(shared.matches(&topic("a/b"), None)), [1, 2, 3]);
     // A no-op update publishes nothing new.
     let current = shared.snapshot();
     assert!(!shared.unsubscribe(&9, &filter("a/+")));
@@ -609,10 +606,7 @@ fn very_deep_filters_do_not_overflow_the_stack() {
                 .expect("ok");
             let routes = index.matches(&topic(&deep), None);
             // The last empty level is matched by `+` as well.
-            assert_eq!(
-                routes.iter().map(|r| r.client).collect::<Vec<_>>(),
-                [1, 2, 3]
-            );
+            assert_eq!(clients(routes), [1, 2, 3]);
             let routes = index.matches(&topic(&format!("{deep}x/y")), None);
             assert_eq!(routes.iter().map(|r| r.client).collect::<Vec<_>>(), [2]);
             let snapshot = index.snapshot();

@@ -2,15 +2,16 @@
 //!
 //! Every node sits behind an `Arc`. A writer reaches the node it changes through
 //! `Arc::make_mut`, which clones a node only while a published snapshot still shares it, so
-//! a write copies the nodes on one root-to-leaf path (each clone copies that node's child
-//! pointers, not the children) plus the one subscriber list it edits; every other node stays
-//! shared with the snapshots readers hold.
+//! a write copies the nodes on one root-to-leaf path and nothing else; every other node stays
+//! shared with the snapshots readers hold. A node's children and a filter's ordinary
+//! subscribers are persistent hash maps ([`PersistentMap`]), so copying a node is O(1) and
+//! editing one of its maps copies O(log n) of it, however wide the node or crowded the
+//! filter.
 //!
 //! Nothing here recurses over the depth of a topic: a filter may have 32 768 levels, and
 //! matching, editing and dropping walk with explicit stacks so no input can overflow a
 //! thread's stack.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use crate::protocol::{SubscriptionOptions, TopicFilter, TopicName};
 
 use super::filter::{ClientKey, SharedFilter};
+use super::pmap::PersistentMap;
 
 /// One subscription as SUBSCRIBE stated it: the options byte and the optional subscription
 /// identifier (v5).
@@ -85,18 +87,20 @@ impl Presence {
 }
 
 /// The subscribers of one filter: ordinary ones by client, shared ones by group.
+///
+/// Copying it for an edit costs O(1) for the ordinary subscribers (a persistent map) plus
+/// one pointer per shared group; editing a group copies that group's member list.
 #[derive(Clone)]
 pub(super) struct Subscribers<K> {
-    /// Sorted by client, one entry per client.
-    direct: Vec<(K, Subscription)>,
+    direct: PersistentMap<K, Subscription>,
     /// Sorted by group name; every group has at least one member.
-    shared: Vec<SharedGroup<K>>,
+    shared: Vec<Arc<SharedGroup<K>>>,
 }
 
 impl<K> Default for Subscribers<K> {
     fn default() -> Self {
         Subscribers {
-            direct: Vec::new(),
+            direct: PersistentMap::default(),
             shared: Vec::new(),
         }
     }
@@ -125,20 +129,11 @@ impl<K: ClientKey> Subscribers<K> {
     }
 
     pub(super) fn upsert_direct(&mut self, client: &K, subscription: Subscription) {
-        match self.direct.binary_search_by(|(k, _)| k.cmp(client)) {
-            Ok(i) => self.direct[i].1 = subscription,
-            Err(i) => self.direct.insert(i, (client.clone(), subscription)),
-        }
+        self.direct.insert(client.clone(), subscription);
     }
 
     pub(super) fn remove_direct(&mut self, client: &K) -> bool {
-        match self.direct.binary_search_by(|(k, _)| k.cmp(client)) {
-            Ok(i) => {
-                self.direct.remove(i);
-                true
-            }
-            Err(_) => false,
-        }
+        self.direct.remove(client).is_some()
     }
 
     pub(super) fn upsert_shared(
@@ -153,16 +148,16 @@ impl<K: ClientKey> Subscribers<K> {
             Err(g) => {
                 self.shared.insert(
                     g,
-                    SharedGroup {
+                    Arc::new(SharedGroup {
                         share: share.clone(),
                         members: Vec::new(),
                         cursor: Arc::new(AtomicUsize::new(0)),
-                    },
+                    }),
                 );
                 g
             }
         };
-        let members = &mut self.shared[g].members;
+        let members = &mut Arc::make_mut(&mut self.shared[g]).members;
         match members.binary_search_by(|m| m.client.cmp(client)) {
             Ok(i) => members[i].subscription = subscription,
             Err(i) => members.insert(
@@ -180,7 +175,7 @@ impl<K: ClientKey> Subscribers<K> {
         let Ok(g) = self.group_position(group) else {
             return false;
         };
-        let members = &mut self.shared[g].members;
+        let members = &mut Arc::make_mut(&mut self.shared[g]).members;
         let Ok(i) = members.binary_search_by(|m| m.client.cmp(client)) else {
             return false;
         };
@@ -247,7 +242,7 @@ impl<K: ClientKey> SharedGroup<K> {
 /// A trie node. The edge into it is one filter level; `#` is not an edge but the `multi`
 /// slot of the node it follows, since it is always last.
 pub(super) struct Node<K> {
-    literal: HashMap<Box<str>, Arc<Node<K>>>,
+    literal: PersistentMap<Arc<str>, Arc<Node<K>>>,
     plus: Option<Arc<Node<K>>>,
     /// Filters that end at this node.
     exact: Option<Arc<Subscribers<K>>>,
@@ -258,7 +253,7 @@ pub(super) struct Node<K> {
 impl<K> Default for Node<K> {
     fn default() -> Self {
         Node {
-            literal: HashMap::new(),
+            literal: PersistentMap::default(),
             plus: None,
             exact: None,
             multi: None,
@@ -291,9 +286,11 @@ impl<K> Drop for Node<K> {
 }
 
 impl<K> Node<K> {
-    fn take_children(&mut self) -> impl Iterator<Item = Arc<Node<K>>> + '_ {
+    /// The children this node alone owns (children in map branches still shared with
+    /// another copy of the node are left to that copy).
+    fn take_children(&mut self) -> impl Iterator<Item = Arc<Node<K>>> {
         let plus = self.plus.take();
-        self.literal.drain().map(|(_, child)| child).chain(plus)
+        self.literal.take_owned_values().into_iter().chain(plus)
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -379,7 +376,9 @@ pub(super) fn subscribers_mut<'t, K: ClientKey>(
     for edge in path.edges {
         let child = match edge {
             "+" => node.plus.get_or_insert_with(Default::default),
-            literal => node.literal.entry(Box::from(literal)).or_default(),
+            literal => node
+                .literal
+                .get_or_insert_with(literal, || (Arc::from(literal), Arc::default())),
         };
         node = Arc::make_mut(child);
     }
@@ -471,13 +470,12 @@ pub(super) fn collect_routes<K: ClientKey>(
 
     let mut visit = |subscribers: &Subscribers<K>, out: &mut Vec<Route<K>>| {
         let before = out.len();
-        for (client, subscription) in &subscribers.direct {
+        subscribers.direct.for_each(|client, subscription| {
             // No local: never back to the connection that published it [MQTT-3.8.3-3].
-            if subscription.options.no_local && Some(client) == publisher {
-                continue;
+            if !(subscription.options.no_local && Some(client) == publisher) {
+                out.push(Route::new(client.clone(), subscription, None));
             }
-            out.push(Route::new(client.clone(), subscription, None));
-        }
+        });
         if out.len() > before {
             direct_lists += 1;
         }
