@@ -229,6 +229,8 @@ impl SendTicket {
 pub struct Transmit {
     pub ticket: SendTicket,
     pub frames: FrameBatch,
+    /// The stream to write on: always the control lane except on multi-stream QUIC.
+    pub lane: super::connection::LaneId,
 }
 
 /// The end of one write. Exactly one per [`Transmit`]; the frames come back by value.

@@ -15,6 +15,7 @@ pub mod writer;
 pub use codec::{DecodeError, Decoder, EncodeError, Encoded};
 pub use connection::{
     CloseReport, ConnectAccept, Connection, ConnectionConfig, DeliverOutcome, Event, InboundAck,
+    LaneId,
 };
 pub use error::{CloseReason, ConnectionError, Initiator, Violation};
 pub use frame::{

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::connection::LaneId;
 use super::packet::Properties;
 use super::types::{PacketId, QoS, TopicFilter, TopicName};
 
@@ -91,6 +92,8 @@ pub(crate) struct OutFlow {
     pub state: OutState,
     /// Frames of this flow handed to the outbox and not yet completed.
     pub frames_pending: u32,
+    /// The lane its frames go on (and its acks are expected on) in this connection.
+    pub lane: LaneId,
 }
 
 /// Why a message for a session was dropped instead of queued or sent.
@@ -297,7 +300,7 @@ impl SessionState {
         None
     }
 
-    pub(crate) fn start_flow(&mut self, id: PacketId, message: Delivery) -> u64 {
+    pub(crate) fn start_flow(&mut self, id: PacketId, message: Delivery, lane: LaneId) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.next_packet_id = id.next();
@@ -308,6 +311,7 @@ impl SessionState {
                 message,
                 state: OutState::Sending,
                 frames_pending: 1,
+                lane,
             },
         );
         seq

@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::frame::{FrameBatch, FrameMeta, SendCompletion, SendTicket, Transmit, TransportFault};
+use super::frame::{FrameBatch, FrameMeta, SendCompletion, TransportFault};
 
 /// A completion or progress report that does not match the write in progress.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,7 +59,6 @@ pub(crate) struct Completed {
 #[derive(Debug)]
 pub(crate) struct Writer {
     state: WriterState,
-    next_ticket: u64,
     send_timeout: Duration,
 }
 
@@ -67,7 +66,6 @@ impl Writer {
     pub fn new(send_timeout: Duration) -> Writer {
         Writer {
             state: WriterState::Idle,
-            next_ticket: 1,
             send_timeout,
         }
     }
@@ -84,19 +82,27 @@ impl Writer {
         }
     }
 
-    /// When idle, asks `build` for a batch and, if it yields one, hands it out under a new
-    /// ticket. When sending, `build` is not called: a second write cannot start.
+    /// The ticket of the write in progress.
+    pub fn ticket(&self) -> Option<u64> {
+        match &self.state {
+            WriterState::Idle => None,
+            WriterState::Sending { ticket, .. } => Some(*ticket),
+        }
+    }
+
+    /// When idle, asks `build` for a batch and, if it yields one, hands it out under
+    /// `ticket` (unique within the connection). When sending, `build` is not called: a
+    /// second write cannot start.
     pub fn try_start(
         &mut self,
         now: Instant,
+        ticket: u64,
         build: impl FnOnce() -> Option<FrameBatch>,
-    ) -> Option<Transmit> {
+    ) -> Option<(u64, FrameBatch)> {
         if !self.is_idle() {
             return None;
         }
         let frames = build()?;
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
         self.state = WriterState::Sending {
             ticket,
             expected: frames.metadata(),
@@ -104,10 +110,7 @@ impl Writer {
             total: frames.wire_len(),
             deadline: now + self.send_timeout,
         };
-        Some(Transmit {
-            ticket: SendTicket::new(ticket),
-            frames,
-        })
+        Some((ticket, frames))
     }
 
     /// Records that `bytes` more bytes of the write in progress were accepted; the stall
@@ -220,7 +223,7 @@ mod tests {
     use bytes::{Bytes, BytesMut};
 
     use super::*;
-    use crate::protocol::frame::OutboundFrame;
+    use crate::protocol::frame::{OutboundFrame, SendTicket, Transmit};
     use crate::protocol::packet::{Ack, Packet};
     use crate::protocol::types::{PacketId, ProtocolVersion};
 
@@ -233,6 +236,15 @@ mod tests {
             &mut BytesMut::new(),
         )
         .expect("a PUBACK encodes")
+    }
+
+    fn start(w: &mut Writer, now: Instant, ticket: u64, id: u16) -> Option<Transmit> {
+        w.try_start(now, ticket, || Some(FrameBatch::new(frame(id))))
+            .map(|(ticket, frames)| Transmit {
+                ticket: SendTicket::new(ticket),
+                frames,
+                lane: crate::protocol::LaneId::CONTROL,
+            })
     }
 
     #[derive(Debug, Clone, Copy)]
@@ -268,11 +280,11 @@ mod tests {
         let mut w = Writer::new(Duration::from_secs(10));
         let mut held = None;
         if start_sending {
-            held = w.try_start(t0, || Some(FrameBatch::new(frame(1))));
+            held = start(&mut w, t0, 1, 1);
         }
         let before = w.state_name();
         let outcome = match event {
-            Event::Start => match w.try_start(t0, || Some(FrameBatch::new(frame(2)))) {
+            Event::Start => match start(&mut w, t0, 2, 2) {
                 Some(_) => "transmit issued".to_string(),
                 None => "no transmit".to_string(),
             },
@@ -382,10 +394,10 @@ mod tests {
     fn a_second_write_cannot_start_while_one_is_in_flight() {
         let t0 = Instant::now();
         let mut w = Writer::new(Duration::from_secs(1));
-        let first = w.try_start(t0, || Some(FrameBatch::new(frame(1))));
+        let first = start(&mut w, t0, 1, 1);
         assert!(first.is_some());
         let mut asked = false;
-        let second = w.try_start(t0, || {
+        let second = w.try_start(t0, 2, || {
             asked = true;
             Some(FrameBatch::new(frame(2)))
         });
@@ -397,9 +409,7 @@ mod tests {
     fn progress_moves_the_stall_deadline() {
         let t0 = Instant::now();
         let mut w = Writer::new(Duration::from_secs(10));
-        let t = w
-            .try_start(t0, || Some(FrameBatch::new(frame(1))))
-            .expect("idle writer starts");
+        let t = start(&mut w, t0, 1, 1).expect("idle writer starts");
         let t1 = t0 + Duration::from_secs(8);
         w.progress(t1, t.ticket.id(), 1).expect("progress accepted");
         assert!(!w.is_stalled(t0 + Duration::from_secs(12)));

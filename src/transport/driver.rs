@@ -208,7 +208,7 @@ async fn write_batch<W>(
 where
     W: AsyncWrite + Unpin,
 {
-    let Transmit { ticket, frames } = transmit;
+    let Transmit { ticket, frames, .. } = transmit;
     let mut chunks: Vec<Bytes> = Vec::with_capacity(frames.frame_count() * 2);
     for frame in frames.iter() {
         chunks.push(frame.head().clone());

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 
 use super::tests::{connect_packet, pid, Harness};
 use super::*;
-use crate::protocol::frame::{FrameBatch, SendTicket};
+use crate::protocol::frame::{FrameBatch, OutboundFrame, SendTicket};
 use crate::protocol::packet::{Ack, Properties, Publish};
 use crate::protocol::session::Delivery;
 use crate::protocol::types::QosPid;
@@ -32,6 +32,9 @@ enum Op {
     Ping,
     Advance { secs: u8 },
     TransportClosed,
+    OpenLane { lane: u8 },
+    SubscribeOnLane { lane: u8 },
+    CloseLane { lane: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -48,6 +51,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Ping),
         1 => (0u8..120).prop_map(|secs| Op::Advance { secs }),
         1 => Just(Op::TransportClosed),
+        2 => (1u8..3).prop_map(|lane| Op::OpenLane { lane }),
+        2 => (1u8..3).prop_map(|lane| Op::SubscribeOnLane { lane }),
+        1 => (1u8..3).prop_map(|lane| Op::CloseLane { lane }),
     ]
 }
 
@@ -166,7 +172,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     };
     let mut h = Harness::connected(config.clone(), connect.clone(), SessionState::new());
     let mut ledger = Ledger::default();
-    let mut held: Option<Transmit> = None;
+    // At most one write per lane is outstanding; the driver holds them.
+    let mut held: Vec<Transmit> = Vec::new();
     let mut inbound_acks: Vec<InboundAck> = Vec::new();
     let mut next_inbound = 1u16;
     static BIG: [u8; 300] = [1; 300];
@@ -203,29 +210,56 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Transmit => {
-                if held.is_none() {
-                    held = h.take_transmit();
-                } else {
+                if let Some(t) = h.take_transmit() {
                     prop_assert!(
-                        h.conn.poll_transmit(h.now).is_none(),
-                        "a second write started"
+                        held.iter().all(|other| other.lane != t.lane),
+                        "a second write started on {}",
+                        t.lane
                     );
+                    held.push(t);
                 }
             }
             Op::Complete => {
-                if let Some(t) = held.take() {
+                if !held.is_empty() {
+                    let t = held.remove(0);
                     h.complete(t);
                 }
             }
             Op::Fail => {
-                if let Some(t) = held.take() {
+                if !held.is_empty() {
+                    let t = held.remove(0);
                     h.fail(t, TransportFault::WriteZero);
                 }
             }
             Op::Progress => {
-                if let Some(t) = &held {
+                if let Some(t) = held.first() {
                     let _ = h.conn.handle_write_progress(h.now, t.ticket.id(), 1);
                 }
+            }
+            Op::OpenLane { lane } => h.conn.open_lane(LaneId(u64::from(lane) * 4)),
+            Op::SubscribeOnLane { lane } => {
+                if h.conn.is_established() && h.conn.wants_read() {
+                    let lane = LaneId(u64::from(lane) * 4);
+                    h.send_on(
+                        lane,
+                        &Packet::Subscribe(crate::protocol::packet::Subscribe {
+                            packet_id: pid(1),
+                            filters: vec![(
+                                crate::protocol::types::TopicFilter::new("m/#")
+                                    .map_err(|e| TestCaseError::fail(e.to_string()))?,
+                                crate::protocol::types::SubscriptionOptions::qos(QoS::ExactlyOnce),
+                            )],
+                            properties: Properties::default(),
+                        }),
+                    );
+                }
+            }
+            Op::CloseLane { lane } => {
+                let lane = LaneId(u64::from(lane) * 4);
+                // The driver drops a dead stream's write: it never completes.
+                held.retain(|t| t.lane != lane);
+                h.conn
+                    .handle_lane_closed(h.now, lane, TransportFault::StreamReset(0));
             }
             Op::ForgedCompletion => {
                 let forged = SendCompletion::Written {
@@ -269,6 +303,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::TransportClosed => h
                 .conn
                 .handle_transport_closed(h.now, TransportFault::PeerClosed),
+        }
+        while let Some(lane) = h.conn.poll_lane_reset() {
+            held.retain(|t| t.lane != lane);
         }
         h.drain_events();
         inbound_acks.extend(ledger.absorb(&mut h));

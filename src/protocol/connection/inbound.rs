@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{Connection, Event, InboundAck, State};
+use super::{Connection, Event, InboundAck, LaneId, State};
 use crate::protocol::codec::DecodeError;
 use crate::protocol::error::{CloseReason, Violation};
 use crate::protocol::packet::{Ack, Connect, Disconnect, Packet, Publish, Subscribe};
@@ -16,21 +16,33 @@ impl Connection {
     /// allows: nothing is decoded while the broker decides on CONNECT (except AUTH during
     /// enhanced authentication), while closing, or while output is backed up.
     pub(super) fn process_input(&mut self, now: Instant) {
-        loop {
-            let may_decode = match self.state {
-                State::AwaitConnect { .. } | State::Established => self.wants_read(),
-                State::AwaitDecision => self.has_auth_method(),
-                State::Closing(_) | State::Closed => false,
-            };
-            if !may_decode {
-                return;
-            }
-            match self.decoder.decode(&mut self.read_buf) {
-                Ok(Some(packet)) => self.handle_packet(now, packet),
-                Ok(None) => return,
-                Err(err) => {
-                    self.on_decode_error(now, err);
+        // Data lanes wait for CONNACK; until then only the control lane is read.
+        let lanes: Vec<LaneId> = if self.is_established() {
+            self.lanes.keys().copied().collect()
+        } else {
+            vec![LaneId::CONTROL]
+        };
+        for id in lanes {
+            loop {
+                let may_decode = match self.state {
+                    State::AwaitConnect { .. } | State::Established => self.wants_read(),
+                    State::AwaitDecision => self.has_auth_method(),
+                    State::Closing(_) | State::Closed => false,
+                };
+                if !may_decode {
                     return;
+                }
+                let Some(lane) = self.lanes.get_mut(&id) else {
+                    break;
+                };
+                self.current_lane = id;
+                match self.decoder.decode(&mut lane.read_buf) {
+                    Ok(Some(packet)) => self.handle_packet(now, packet),
+                    Ok(None) => break,
+                    Err(err) => {
+                        self.on_decode_error(now, err);
+                        return;
+                    }
                 }
             }
         }
@@ -106,10 +118,15 @@ impl Connection {
             Packet::PubComp(ack) => self.on_pubcomp(now, ack),
             Packet::Subscribe(subscribe) => self.on_subscribe(now, subscribe),
             Packet::Unsubscribe(unsubscribe) => {
+                self.reply_lanes
+                    .insert(unsubscribe.packet_id, self.current_lane);
+                for filter in &unsubscribe.filters {
+                    self.unbind_filter(filter);
+                }
                 self.events.push_back(Event::Unsubscribe(unsubscribe))
             }
             Packet::PingReq => {
-                self.enqueue_packet(&Packet::PingResp);
+                self.reply(&Packet::PingResp);
             }
             Packet::Disconnect(disconnect) => self.on_disconnect(now, disconnect),
             Packet::Auth(auth) => {
@@ -234,7 +251,7 @@ impl Connection {
             QosPid::ExactlyOnce(id) => {
                 if self.session.inbound_qos2.contains(&id) {
                     // Already taken: acknowledge again, never deliver twice [MQTT-4.3.3-9].
-                    self.enqueue_packet(&Packet::PubRec(Ack::new(id)));
+                    self.reply(&Packet::PubRec(Ack::new(id)));
                     return;
                 }
                 if self.inbound_qos2_pending.contains(&id) {
@@ -258,6 +275,7 @@ impl Connection {
             connection: self.id,
             packet_id,
             qos,
+            lane: self.current_lane,
         }
     }
 
@@ -322,6 +340,12 @@ impl Connection {
                 ReasonCode::ProtocolError,
             );
         }
+        self.reply_lanes
+            .insert(subscribe.packet_id, self.current_lane);
+        let lane = self.current_lane;
+        for (filter, _) in &subscribe.filters {
+            self.bind_filter(filter, lane);
+        }
         self.events.push_back(Event::Subscribe(subscribe));
     }
 
@@ -349,10 +373,11 @@ impl Connection {
         reason: ReasonCode,
     ) {
         let id = ack.packet_id;
+        let lane = self.open_or_control(ack.lane);
         match ack.qos {
             QoS::AtLeastOnce => {
                 if self.inbound_qos1.remove(&id) {
-                    self.enqueue_packet(&Packet::PubAck(Ack::with_reason(id, reason)));
+                    self.enqueue_packet_on(lane, &Packet::PubAck(Ack::with_reason(id, reason)));
                 }
             }
             QoS::ExactlyOnce => {
@@ -360,7 +385,7 @@ impl Connection {
                     if !reason.is_error() {
                         self.session.inbound_qos2.insert(id);
                     }
-                    self.enqueue_packet(&Packet::PubRec(Ack::with_reason(id, reason)));
+                    self.enqueue_packet_on(lane, &Packet::PubRec(Ack::with_reason(id, reason)));
                 }
             }
             QoS::AtMostOnce => {}
@@ -376,7 +401,7 @@ impl Connection {
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
-        self.enqueue_packet(&Packet::PubComp(Ack::with_reason(id, reason)));
+        self.reply(&Packet::PubComp(Ack::with_reason(id, reason)));
     }
 
     /// Used by tests and the broker to check an alias mapping.

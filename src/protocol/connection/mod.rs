@@ -31,11 +31,12 @@
 #[cfg(test)]
 mod conservation;
 mod inbound;
+mod lanes;
 mod outbound;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -44,13 +45,16 @@ use bytes::BytesMut;
 
 use super::codec::Decoder;
 use super::error::{CloseReason, ConnectionError};
-use super::frame::{FrameMeta, OutboundFrame, SendCompletion, Transmit, TransportFault};
+use super::frame::{FrameMeta, SendCompletion, Transmit, TransportFault};
 use super::packet::{
     Auth, Connect, Disconnect, Packet, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use super::session::{DropReason, QueueLimit, QueuePolicy, SessionState};
-use super::types::{MqttString, PacketId, ProtocolVersion, QoS, ReasonCode, TopicName};
-use super::writer::{CompletionError, Writer};
+use super::types::{
+    MqttString, PacketId, ProtocolVersion, QoS, ReasonCode, TopicFilter, TopicName,
+};
+use super::writer::CompletionError;
+use lanes::Lane;
 
 /// Limits and capabilities one connection enforces and advertises.
 #[derive(Debug, Clone)]
@@ -154,6 +158,8 @@ pub struct InboundAck {
     connection: u64,
     packet_id: PacketId,
     qos: QoS,
+    /// The lane the publish came on: its ack goes back there.
+    lane: LaneId,
 }
 
 impl InboundAck {
@@ -206,11 +212,24 @@ pub struct Connection {
     config: ConnectionConfig,
     state: State,
     decoder: Decoder,
-    read_buf: BytesMut,
     scratch: BytesMut,
-    writer: Writer,
-    outbox: VecDeque<OutboundFrame>,
+    /// The control lane, and data lanes on multi-stream QUIC.
+    lanes: BTreeMap<LaneId, Lane>,
+    /// Bytes waiting in every lane's outbox.
     outbox_bytes: usize,
+    next_ticket: u64,
+    /// Writes of data lanes that died, by ticket: their late completion is accepted once
+    /// and ignored (what they held was rescued); the rest are reported at close.
+    abandoned: HashMap<u64, Vec<FrameMeta>>,
+    /// Latest first-to-last: deliveries for a filter go to the lane its SUBSCRIBE came on.
+    sub_lanes: Vec<(TopicFilter, LaneId)>,
+    /// SUBACK/UNSUBACK lanes by packet id.
+    reply_lanes: HashMap<PacketId, LaneId>,
+    /// The lane of the packet being handled: replies go back on it.
+    current_lane: LaneId,
+    lane_resets: VecDeque<LaneId>,
+    /// Where the round robin over lanes' transmits resumes.
+    transmit_cursor: LaneId,
     events: VecDeque<Event>,
     session: SessionState,
     /// The CONNECT as accepted; `None` before.
@@ -238,18 +257,25 @@ impl Connection {
     /// A connection whose first byte arrived at `now`.
     pub fn new(config: ConnectionConfig, now: Instant) -> Connection {
         let decoder = Decoder::new(config.max_packet_size);
-        let writer = Writer::new(config.send_timeout);
+        let mut lanes = BTreeMap::new();
+        lanes.insert(LaneId::CONTROL, Lane::new(config.send_timeout));
         let deadline = now + config.connect_timeout;
         Connection {
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             config,
             state: State::AwaitConnect { deadline },
             decoder,
-            read_buf: BytesMut::new(),
             scratch: BytesMut::new(),
-            writer,
-            outbox: VecDeque::new(),
+            lanes,
             outbox_bytes: 0,
+            next_ticket: 1,
+            abandoned: HashMap::new(),
+            sub_lanes: Vec::new(),
+            reply_lanes: HashMap::new(),
+            current_lane: LaneId::CONTROL,
+            lane_resets: VecDeque::new(),
+            // The first round starts with the control lane (CONNACK before anything else).
+            transmit_cursor: LaneId(u64::MAX),
             events: VecDeque::new(),
             session: SessionState::new(),
             connect: None,
@@ -296,9 +322,16 @@ impl Connection {
     pub fn wants_read(&self) -> bool {
         match self.state {
             State::AwaitConnect { .. } | State::Established => {
-                self.outbox_bytes + self.writer.bytes_in_flight() < self.config.max_outbox_bytes
+                let in_flight: usize = self
+                    .lanes
+                    .values()
+                    .map(|l| l.writer.bytes_in_flight())
+                    .sum();
+                self.outbox_bytes + in_flight < self.config.max_outbox_bytes
             }
-            State::AwaitDecision => self.read_buf.len() < self.config.max_packet_size as usize,
+            State::AwaitDecision => self
+                .control()
+                .is_some_and(|l| l.read_buf.len() < self.config.max_packet_size as usize),
             State::Closing(_) | State::Closed => false,
         }
     }
@@ -312,26 +345,23 @@ impl Connection {
         &self.session
     }
 
-    /// Whether a write is outstanding (handed out, not yet completed).
+    /// Whether a write is outstanding on any lane (handed out, not yet completed).
     pub fn is_sending(&self) -> bool {
-        !self.writer.is_idle()
+        self.lanes.values().any(|l| !l.writer.is_idle())
     }
 
-    /// Whether the outstanding write has passed its stall deadline: a closed connection
+    /// Whether an outstanding write has passed its stall deadline: a closed connection
     /// stops waiting for it (its frames are reported abandoned).
     pub fn is_write_stalled(&self, now: Instant) -> bool {
-        self.writer.is_stalled(now)
+        self.lanes.values().any(|l| l.writer.is_stalled(now))
     }
 
     // ----- inputs -----
 
-    /// Bytes read from the transport. Every whole packet in them is processed.
+    /// Bytes read from the transport (the control lane). Every whole packet in them is
+    /// processed.
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
-        if matches!(self.state, State::Closing(_) | State::Closed) {
-            return;
-        }
-        self.read_buf.extend_from_slice(bytes);
-        self.process_input(now);
+        self.handle_lane_bytes(now, LaneId::CONTROL, bytes);
     }
 
     /// The end of a write handed out by `poll_transmit`. A completion that does not match
@@ -341,7 +371,25 @@ impl Connection {
         now: Instant,
         completion: SendCompletion,
     ) -> Result<(), CompletionError> {
-        let completed = match self.writer.complete(completion) {
+        let ticket = completion.ticket().id();
+        let lane_id = self
+            .lanes
+            .iter()
+            .find(|(_, l)| l.writer.ticket() == Some(ticket))
+            .map(|(id, _)| *id);
+        let result = match lane_id.and_then(|id| self.lanes.get_mut(&id)) {
+            Some(lane) => lane
+                .writer
+                .complete(completion)
+                .inspect(|_| lane.in_flight = None),
+            // The late end of a write on a lane that died: what it held was rescued then.
+            None if self.abandoned.remove(&ticket).is_some() => return Ok(()),
+            None => Err(CompletionError::UnknownTicket {
+                got: ticket,
+                expected: None,
+            }),
+        };
+        let completed = match result {
             Ok(completed) => completed,
             Err(err) => {
                 if !matches!(self.state, State::Closed) {
@@ -354,11 +402,10 @@ impl Connection {
         for frame in completed.frames.into_frames() {
             self.on_frame_completed(&frame, completed.outcome.is_ok());
         }
-        match completed.outcome {
-            Ok(()) => {
-                self.after_write(now);
-            }
-            Err(cause) => self.close_now(CloseReason::Transport(cause)),
+        match (completed.outcome, lane_id) {
+            (Ok(()), _) => self.after_write(now),
+            (Err(_), Some(lane)) if !lane.is_control() => self.fail_lane(now, lane),
+            (Err(cause), _) => self.close_now(CloseReason::Transport(cause)),
         }
         Ok(())
     }
@@ -371,15 +418,40 @@ impl Connection {
         ticket: u64,
         bytes: usize,
     ) -> Result<(), CompletionError> {
-        self.writer.progress(now, ticket, bytes)
+        match self
+            .lanes
+            .values_mut()
+            .find(|l| l.writer.ticket() == Some(ticket))
+        {
+            Some(lane) => lane.writer.progress(now, ticket, bytes),
+            None => Err(CompletionError::UnknownTicket {
+                got: ticket,
+                expected: None,
+            }),
+        }
     }
 
     /// Time has reached a deadline returned by `poll_timeout` (or later).
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.writer.is_stalled(now) && !matches!(self.state, State::Closed) {
-            tracing::warn!(connection = self.id, "write stalled past its deadline");
-            self.close_now(CloseReason::Transport(TransportFault::Stalled));
-            return;
+        let stalled: Vec<LaneId> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.writer.is_stalled(now))
+            .map(|(id, _)| *id)
+            .collect();
+        for lane in stalled {
+            if matches!(self.state, State::Closed) {
+                break;
+            }
+            if lane.is_control() {
+                tracing::warn!(connection = self.id, "write stalled past its deadline");
+                self.close_now(CloseReason::Transport(TransportFault::Stalled));
+                return;
+            }
+            // Only that stream is given up on (DESIGN §3); the driver resets it.
+            tracing::warn!(connection = self.id, %lane, "data stream write stalled; resetting it");
+            self.fail_lane(now, lane);
+            self.lane_resets.push_back(lane);
         }
         match self.state {
             State::AwaitConnect { deadline } if now >= deadline => {
@@ -404,7 +476,9 @@ impl Connection {
         }
         // A clean EOF with half a packet buffered is not a clean close.
         let fault = match fault {
-            TransportFault::PeerClosed if !self.read_buf.is_empty() => {
+            TransportFault::PeerClosed
+                if self.control().is_some_and(|l| !l.read_buf.is_empty()) =>
+            {
                 TransportFault::PeerClosedMidPacket
             }
             fault => fault,
@@ -476,14 +550,16 @@ impl Connection {
 
     pub fn send_suback(&mut self, now: Instant, suback: SubAck) {
         if self.is_established() {
-            self.enqueue_packet(&Packet::SubAck(suback));
+            let lane = self.reply_lane(suback.packet_id);
+            self.enqueue_packet_on(lane, &Packet::SubAck(suback));
             self.pump(now);
         }
     }
 
     pub fn send_unsuback(&mut self, now: Instant, unsuback: UnsubAck) {
         if self.is_established() {
-            self.enqueue_packet(&Packet::UnsubAck(unsuback));
+            let lane = self.reply_lane(unsuback.packet_id);
+            self.enqueue_packet_on(lane, &Packet::UnsubAck(unsuback));
             self.pump(now);
         }
     }
@@ -535,28 +611,54 @@ impl Connection {
 
     // ----- outputs -----
 
-    /// The next write for the transport, if the writer is idle and frames are waiting.
-    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Transmit> {
-        let outbox = &mut self.outbox;
-        let outbox_bytes = &mut self.outbox_bytes;
+    /// The next write for the transport: a batch of the frames waiting on a lane whose
+    /// writer is idle. Lanes take turns, so one busy stream does not starve the others.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        let order: Vec<LaneId> = self
+            .lanes
+            .range(self.transmit_cursor..)
+            .skip(1)
+            .chain(self.lanes.range(..=self.transmit_cursor))
+            .map(|(id, _)| *id)
+            .collect();
         let limit = self.config.max_batch_bytes;
-        self.writer.try_start(_now, || {
-            let first = outbox.pop_front()?;
-            *outbox_bytes -= first.wire_len();
-            let mut size = first.wire_len();
-            let mut batch = super::frame::FrameBatch::new(first);
-            while let Some(next) = outbox.front() {
-                if size + next.wire_len() > limit {
-                    break;
+        for id in order {
+            let Some(lane) = self.lanes.get_mut(&id) else {
+                continue;
+            };
+            let outbox = &mut lane.outbox;
+            let outbox_bytes = &mut self.outbox_bytes;
+            let started = lane.writer.try_start(now, self.next_ticket, || {
+                let first = outbox.pop_front()?;
+                *outbox_bytes -= first.wire_len();
+                let mut size = first.wire_len();
+                let mut batch = super::frame::FrameBatch::new(first);
+                while let Some(next) = outbox.front() {
+                    if size + next.wire_len() > limit {
+                        break;
+                    }
+                    size += next.wire_len();
+                    *outbox_bytes -= next.wire_len();
+                    if let Some(frame) = outbox.pop_front() {
+                        batch.push(frame);
+                    }
                 }
-                size += next.wire_len();
-                *outbox_bytes -= next.wire_len();
-                if let Some(frame) = outbox.pop_front() {
-                    batch.push(frame);
+                Some(batch)
+            });
+            if let Some((ticket, frames)) = started {
+                self.next_ticket += 1;
+                self.transmit_cursor = id;
+                if !id.is_control() {
+                    lane.in_flight = Some(frames.clone());
                 }
+                return Some(Transmit {
+                    ticket: super::frame::SendTicket::new(ticket),
+                    frames,
+                    lane: id,
+                });
             }
-            Some(batch)
-        })
+        }
+        None
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -570,9 +672,10 @@ impl Connection {
             State::Established => self.keep_alive_deadline,
             _ => None,
         };
-        [state_deadline, self.writer.deadline()]
-            .into_iter()
+        let writers = self.lanes.values().filter_map(|l| l.writer.deadline());
+        std::iter::once(state_deadline)
             .flatten()
+            .chain(writers)
             .min()
     }
 
@@ -586,15 +689,23 @@ impl Connection {
                 .unwrap_or(CloseReason::Transport(TransportFault::PeerClosed));
             self.close_now(reason);
         }
-        let abandoned = self.writer.abandon().unwrap_or_default();
-        let unsent = self.outbox.len();
-        // Frames never handed out never reached the peer: their flows resend without DUP.
-        for frame in std::mem::take(&mut self.outbox) {
-            self.on_unsent_frame(&frame);
-        }
-        for meta in &abandoned {
-            if meta.packet_type == super::packet::PacketType::Publish && meta.packet_id.is_none() {
-                self.session.drops.count(DropReason::ConnectionClosed);
+        // Writes of lanes that died earlier were accounted for then.
+        let mut abandoned: Vec<FrameMeta> = self.abandoned.drain().flat_map(|(_, m)| m).collect();
+        let mut unsent = 0;
+        let lanes = std::mem::take(&mut self.lanes);
+        for (_, mut lane) in lanes {
+            for meta in lane.writer.abandon().unwrap_or_default() {
+                if meta.packet_type == super::packet::PacketType::Publish
+                    && meta.packet_id.is_none()
+                {
+                    self.session.drops.count(DropReason::ConnectionClosed);
+                }
+                abandoned.push(meta);
+            }
+            unsent += lane.outbox.len();
+            // Frames never handed out never reached the peer: their flows resend without DUP.
+            for frame in std::mem::take(&mut lane.outbox) {
+                self.on_unsent_frame(&frame);
             }
         }
         self.session.requeue_all();
@@ -664,7 +775,7 @@ impl Connection {
     /// otherwise more input may now be read and more messages sent.
     fn after_write(&mut self, now: Instant) {
         if let State::Closing(reason) = &self.state {
-            if self.outbox.is_empty() && self.writer.is_idle() {
+            if self.outbox_bytes == 0 && !self.is_sending() {
                 let reason = reason.clone();
                 self.close_now(reason);
             }
@@ -681,6 +792,21 @@ impl Connection {
     }
 }
 
+impl Connection {
+    fn control(&self) -> Option<&Lane> {
+        self.lanes.get(&LaneId::CONTROL)
+    }
+
+    /// The lane a SUBACK/UNSUBACK goes on: that of its request, if still open.
+    fn reply_lane(&mut self, packet_id: PacketId) -> LaneId {
+        let lane = self
+            .reply_lanes
+            .remove(&packet_id)
+            .unwrap_or(LaneId::CONTROL);
+        self.open_or_control(lane)
+    }
+}
+
 impl State {
     fn closing_reason(&self) -> Option<CloseReason> {
         match self {
@@ -691,3 +817,4 @@ impl State {
 }
 
 pub use super::session::Delivery;
+pub use lanes::LaneId;

@@ -4,7 +4,7 @@
 use std::num::{NonZeroU16, NonZeroU32};
 use std::time::{Duration, Instant};
 
-use super::{Connection, DeliverOutcome, Event, State};
+use super::{Connection, DeliverOutcome, Event, LaneId, State};
 use crate::protocol::frame::{FrameError, OutboundFrame};
 use crate::protocol::packet::{Ack, ConnAck, Packet, PacketType, Properties, Publish};
 use crate::protocol::session::{Delivery, DropReason, OutState, Resend};
@@ -17,9 +17,19 @@ impl Connection {
     /// loses its reason string and user properties first, as the spec asks
     /// [MQTT-3.1.2-25]; if it still does not fit, the connection ends.
     pub(super) fn enqueue_packet(&mut self, packet: &Packet) -> bool {
+        self.enqueue_packet_on(LaneId::CONTROL, packet)
+    }
+
+    /// Queues a reply on the lane of the packet being handled.
+    pub(super) fn reply(&mut self, packet: &Packet) -> bool {
+        let lane = self.open_or_control(self.current_lane);
+        self.enqueue_packet_on(lane, packet)
+    }
+
+    pub(super) fn enqueue_packet_on(&mut self, lane: LaneId, packet: &Packet) -> bool {
         match self.encode(packet) {
             Ok(frame) => {
-                self.push_frame(frame);
+                self.push_frame(lane, frame);
                 true
             }
             Err(FrameError::TooLarge { .. }) => {
@@ -27,7 +37,7 @@ impl Connection {
                 strip_optional_properties(&mut trimmed);
                 match self.encode(&trimmed) {
                     Ok(frame) => {
-                        self.push_frame(frame);
+                        self.push_frame(lane, frame);
                         true
                     }
                     Err(err) => self.on_unencodable(packet.packet_type(), err),
@@ -55,9 +65,12 @@ impl Connection {
         )
     }
 
-    fn push_frame(&mut self, frame: OutboundFrame) {
-        self.outbox_bytes += frame.wire_len();
-        self.outbox.push_back(frame);
+    pub(super) fn push_frame(&mut self, lane: LaneId, frame: OutboundFrame) {
+        let lane = self.open_or_control(lane);
+        if let Some(l) = self.lanes.get_mut(&lane) {
+            self.outbox_bytes += frame.wire_len();
+            l.outbox.push_back(frame);
+        }
     }
 
     /// Outbound QoS 1/2 messages allowed in flight: the client's receive maximum, capped by
@@ -143,14 +156,15 @@ impl Connection {
         if let Some((topic, alias)) = new_alias {
             self.aliases_out.insert(topic, alias);
         }
+        let lane = self.lane_for_topic(&delivery.topic);
         match qos_pid.packet_id() {
             None => {
-                self.push_frame(frame);
+                self.push_frame(lane, frame);
                 false
             }
             Some(id) => {
-                let seq = self.session.start_flow(id, delivery);
-                self.push_frame(frame.for_flow(seq));
+                let seq = self.session.start_flow(id, delivery, lane);
+                self.push_frame(lane, frame.for_flow(seq));
                 true
             }
         }
@@ -168,13 +182,15 @@ impl Connection {
         };
         let publish = publish_for(&flow.message, qos_pid, dup, now);
         let seq = flow.seq;
+        let lane = self.lane_for_topic(&flow.message.topic);
         match self.encode(&Packet::Publish(publish)) {
             Ok(frame) => {
                 if let Some(flow) = self.session.outbound.get_mut(&id) {
                     flow.state = OutState::Sending;
                     flow.frames_pending += 1;
+                    flow.lane = lane;
                 }
-                self.push_frame(frame.for_flow(seq));
+                self.push_frame(lane, frame.for_flow(seq));
                 true
             }
             Err(err) => {
@@ -187,7 +203,12 @@ impl Connection {
     }
 
     fn send_pubrel(&mut self, id: PacketId) {
-        let Some(seq) = self.session.outbound.get(&id).map(|f| f.seq) else {
+        let Some((seq, lane)) = self
+            .session
+            .outbound
+            .get(&id)
+            .map(|f| (f.seq, self.lane_for_topic(&f.message.topic)))
+        else {
             return;
         };
         match self.encode(&Packet::PubRel(Ack::new(id))) {
@@ -195,8 +216,9 @@ impl Connection {
                 if let Some(flow) = self.session.outbound.get_mut(&id) {
                     flow.state = OutState::Releasing;
                     flow.frames_pending += 1;
+                    flow.lane = lane;
                 }
-                self.push_frame(frame.for_flow(seq));
+                self.push_frame(lane, frame.for_flow(seq));
             }
             Err(err) => {
                 self.on_unencodable(PacketType::PubRel, err);
@@ -286,7 +308,7 @@ impl Connection {
             Some(OutState::AwaitPubcomp | OutState::Queued(Resend::Pubrel)) => self.send_pubrel(id),
             Some(_) => {}
             None => {
-                self.enqueue_packet(&Packet::PubRel(Ack::with_reason(
+                self.reply(&Packet::PubRel(Ack::with_reason(
                     id,
                     ReasonCode::PacketIdentifierNotFound,
                 )));

@@ -8,7 +8,8 @@ use bytes::{Bytes, BytesMut};
 use super::*;
 use crate::protocol::codec::{encode_to_bytes, Decoder};
 use crate::protocol::error::Violation;
-use crate::protocol::frame::{FrameBatch, SendTicket};
+use crate::protocol::frame::{FrameBatch, OutboundFrame, SendTicket};
+use crate::protocol::packet::SubAck;
 use crate::protocol::packet::{Ack, PacketType, Properties, Publish, Subscribe};
 use crate::protocol::session::{OutState, QueuePolicy, Resend};
 use crate::protocol::types::{QosPid, SubscriptionOptions, TopicFilter};
@@ -20,8 +21,11 @@ pub(crate) struct Harness {
     pub now: Instant,
     pub version: ProtocolVersion,
     peer: Decoder,
-    peer_buf: BytesMut,
+    /// Per lane: a multi-stream peer decodes each stream separately.
+    peer_bufs: std::collections::HashMap<LaneId, BytesMut>,
     pub received: Vec<Packet>,
+    /// Every packet received, with the lane it came on.
+    pub received_on: Vec<(LaneId, PacketType, Option<u16>)>,
     pub events: Vec<Event>,
     /// Frames handed out by `poll_transmit`, and frames handed back in valid completions.
     pub handed_out: usize,
@@ -81,8 +85,9 @@ impl Harness {
             now,
             version,
             peer: Decoder::with_version(version, u32::MAX),
-            peer_buf: BytesMut::new(),
+            peer_bufs: Default::default(),
             received: Vec::new(),
+            received_on: Vec::new(),
             events: Vec::new(),
             handed_out: 0,
             completed: 0,
@@ -114,6 +119,7 @@ impl Harness {
         );
         // Keep what followed the CONNACK (resent flows of a resumed session).
         h.received.remove(0);
+        h.received_on.remove(0);
         h
     }
 
@@ -129,6 +135,13 @@ impl Harness {
     pub fn send(&mut self, packet: &Packet) {
         let bytes = encode_to_bytes(packet, self.version).expect("test packets encode");
         self.conn.handle_bytes(self.now, &bytes);
+        self.drain_events();
+    }
+
+    /// The client sends `packet` on a data stream.
+    pub fn send_on(&mut self, lane: LaneId, packet: &Packet) {
+        let bytes = encode_to_bytes(packet, self.version).expect("test packets encode");
+        self.conn.handle_lane_bytes(self.now, lane, &bytes);
         self.drain_events();
     }
 
@@ -153,6 +166,7 @@ impl Harness {
     /// Completes a write as written and lets the peer read it.
     pub fn complete(&mut self, t: Transmit) {
         let bytes = t.frames.to_contiguous();
+        let lane = t.lane;
         let count = t.frames.frame_count();
         self.conn
             .handle_completion(
@@ -164,7 +178,7 @@ impl Harness {
             )
             .expect("valid completion");
         self.completed += count;
-        self.peer_read(&bytes);
+        self.peer_read(lane, &bytes);
         self.drain_events();
     }
 
@@ -184,13 +198,12 @@ impl Harness {
         self.drain_events();
     }
 
-    fn peer_read(&mut self, bytes: &[u8]) {
-        self.peer_buf.extend_from_slice(bytes);
-        while let Some(p) = self
-            .peer
-            .decode(&mut self.peer_buf)
-            .expect("broker output decodes")
-        {
+    fn peer_read(&mut self, lane: LaneId, bytes: &[u8]) {
+        let buf = self.peer_bufs.entry(lane).or_default();
+        buf.extend_from_slice(bytes);
+        while let Some(p) = self.peer.decode(buf).expect("broker output decodes") {
+            self.received_on
+                .push((lane, p.packet_type(), p.packet_id().map(PacketId::get)));
             self.received.push(p);
         }
     }
@@ -1164,4 +1177,182 @@ fn a_full_queue_drops_the_new_or_the_oldest_message_as_configured() {
             1
         );
     }
+}
+
+// ----- lanes (multi-stream QUIC) -----
+
+const DATA: LaneId = LaneId(4);
+const DATA2: LaneId = LaneId(8);
+
+#[test]
+fn a_data_lane_opened_before_connack_waits_for_it() {
+    let mut h = Harness::new(ConnectionConfig::default(), ProtocolVersion::V5);
+    h.conn.open_lane(DATA);
+    h.send_on(DATA, &Packet::PingReq);
+    h.send(&Packet::Connect(Box::new(connect_packet(
+        ProtocolVersion::V5,
+        "m",
+    ))));
+    h.flush();
+    assert!(h.received.is_empty(), "nothing before the broker accepts");
+    h.conn
+        .accept_connect(h.now, ConnectAccept::default())
+        .expect("awaiting");
+    h.flush();
+    assert_eq!(
+        h.received_on,
+        vec![
+            (LaneId::CONTROL, PacketType::ConnAck, None),
+            (DATA, PacketType::PingResp, None)
+        ]
+    );
+}
+
+#[test]
+fn replies_and_deliveries_follow_the_lane_of_their_request() {
+    let mut h = Harness::v5();
+    h.conn.open_lane(DATA);
+    h.conn.open_lane(DATA2);
+    h.send_on(
+        DATA,
+        &Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(
+                TopicFilter::new("a/#").expect("filter"),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            )],
+            properties: Properties::default(),
+        }),
+    );
+    let Some(Event::Subscribe(sub)) = h.events.pop() else {
+        panic!("subscribe event: {:?}", h.events)
+    };
+    h.conn.send_suback(
+        h.now,
+        SubAck {
+            packet_id: sub.packet_id,
+            reasons: vec![ReasonCode::GrantedQoS1],
+            properties: Properties::default(),
+        },
+    );
+    h.conn
+        .deliver(h.now, delivery("a/1", QoS::AtLeastOnce, b"x"));
+    h.conn
+        .deliver(h.now, delivery("other", QoS::AtMostOnce, b"y"));
+    h.send_on(
+        DATA2,
+        &Packet::Publish(publish("in", QosPid::AtLeastOnce(pid(5)), b"z")),
+    );
+    let (_, ack) = h.take_publishes().pop().expect("publish");
+    h.conn
+        .accept_publish(h.now, ack.expect("ack"), ReasonCode::Success);
+    h.send(&Packet::PingReq);
+    h.flush();
+    let mut got = h.received_on.clone();
+    got.sort_by_key(|(lane, kind, id)| (*lane, *kind as u8, *id));
+    assert_eq!(
+        got,
+        vec![
+            (LaneId::CONTROL, PacketType::Publish, None),
+            (LaneId::CONTROL, PacketType::PingResp, None),
+            (DATA, PacketType::Publish, Some(1)),
+            (DATA, PacketType::SubAck, Some(1)),
+            (DATA2, PacketType::PubAck, Some(5)),
+        ]
+    );
+}
+
+fn subscribe_on(h: &mut Harness, lane: LaneId, filter: &str, qos: QoS) {
+    h.send_on(
+        lane,
+        &Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(
+                TopicFilter::new(filter).expect("filter"),
+                SubscriptionOptions::qos(qos),
+            )],
+            properties: Properties::default(),
+        }),
+    );
+    h.events.clear();
+    h.conn.send_suback(
+        h.now,
+        SubAck {
+            packet_id: pid(1),
+            reasons: vec![ReasonCode::granted(qos)],
+            properties: Properties::default(),
+        },
+    );
+    h.flush();
+    h.received_on.clear();
+    h.received.clear();
+}
+
+#[test]
+fn a_data_lane_reset_mid_qos2_flow_completes_on_the_control_lane_without_loss() {
+    let mut h = Harness::v5();
+    h.conn.open_lane(DATA);
+    subscribe_on(&mut h, DATA, "q/#", QoS::ExactlyOnce);
+    h.conn
+        .deliver(h.now, delivery("q/1", QoS::ExactlyOnce, b"once"));
+    h.flush();
+    assert_eq!(h.received_on, vec![(DATA, PacketType::Publish, Some(1))]);
+    h.received.clear();
+    // The client's stream is reset before it could answer.
+    h.conn
+        .handle_lane_closed(h.now, DATA, TransportFault::StreamReset(0));
+    assert!(
+        h.conn.is_established(),
+        "a data lane's end is not the connection's"
+    );
+    h.flush();
+    let resent = h.take_received();
+    assert!(matches!(resent.as_slice(),
+        [Packet::Publish(p)] if p.dup && p.qos_pid == QosPid::ExactlyOnce(pid(1))));
+    assert_eq!(h.received_on.last().map(|r| r.0), Some(LaneId::CONTROL));
+    // The client recognises packet id 1 (it dedups QoS 2 by id) and finishes the flow.
+    h.send(&Packet::PubRec(Ack::new(pid(1))));
+    h.flush();
+    h.send(&Packet::PubComp(Ack::new(pid(1))));
+    assert_eq!(h.conn.session().inflight_len(), 0);
+    assert_eq!(h.conn.session().drops().total(), 0);
+}
+
+#[test]
+fn a_stalled_data_lane_is_reset_alone_and_never_delays_the_control_lane() {
+    let mut h = Harness::v5();
+    h.conn.open_lane(DATA);
+    subscribe_on(&mut h, DATA, "big/#", QoS::AtLeastOnce);
+    h.conn
+        .deliver(h.now, delivery("big/1", QoS::AtLeastOnce, b"payload"));
+    let stuck = h.take_transmit().expect("a write on the data lane");
+    assert_eq!(stuck.lane, DATA);
+    // While that write hangs, the control lane answers a PINGREQ at once.
+    h.send(&Packet::PingReq);
+    let ping = h.take_transmit().expect("the control lane is not blocked");
+    assert_eq!(ping.lane, LaneId::CONTROL);
+    h.complete(ping);
+    h.advance(ConnectionConfig::default().send_timeout);
+    assert_eq!(h.conn.poll_lane_reset(), Some(DATA));
+    assert!(h.conn.is_established());
+    h.flush();
+    let resent: Vec<_> = h
+        .received_on
+        .iter()
+        .filter(|r| r.1 == PacketType::Publish)
+        .cloned()
+        .collect();
+    assert_eq!(
+        resent,
+        vec![(LaneId::CONTROL, PacketType::Publish, Some(1))]
+    );
+    // The stuck write's late completion is accepted once, then refused.
+    let id = stuck.ticket.id();
+    let frames = stuck.frames.clone();
+    h.complete(stuck);
+    let again = SendCompletion::Written {
+        ticket: SendTicket::forged(id),
+        frames,
+    };
+    assert!(h.conn.handle_completion(h.now, again).is_err());
 }
