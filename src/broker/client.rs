@@ -15,7 +15,7 @@ use super::session::SessionKey;
 use crate::protocol::{
     ConnectAccept, Connection, Event, MqttString, ProtocolVersion, ReasonCode, SessionState,
 };
-use crate::transport::listener::{BoxedIo, PeerInfo, Service};
+use crate::transport::listener::{Accepted, PeerInfo, Service};
 use crate::transport::{drive, Command, EventSink};
 
 /// Serves accepted connections for a broker.
@@ -25,23 +25,22 @@ pub struct BrokerService(pub Arc<Broker>);
 impl Service for BrokerService {
     fn serve(
         &self,
-        io: BoxedIo,
+        accepted: Accepted,
         info: PeerInfo,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(serve(Arc::clone(&self.0), io, info))
+        Box::pin(serve(Arc::clone(&self.0), accepted, info))
     }
 }
 
 /// Serves one connection until it ends, then hands its session back to the registry and
 /// publishes its will if the close calls for one.
-pub async fn serve(broker: Arc<Broker>, io: BoxedIo, info: PeerInfo) {
+pub async fn serve(broker: Arc<Broker>, accepted: Accepted, info: PeerInfo) {
     let span = tracing::info_span!(
         "client",
         transport = %info.transport,
         peer = %info.peer,
         client_id = tracing::field::Empty
     );
-    let (reader, writer) = tokio::io::split(io);
     let (mailbox_tx, mut mailbox) = mpsc::unbounded_channel();
     let generation = broker.next_generation();
     let conn = Connection::new(broker.config.connection.clone(), crate::transport::now());
@@ -53,9 +52,28 @@ pub async fn serve(broker: Arc<Broker>, io: BoxedIo, info: PeerInfo) {
         connecting: None,
         span: span.clone(),
     };
-    let conn = drive(reader, writer, conn, &mut handler, &mut mailbox)
-        .instrument(span.clone())
-        .await;
+    let conn = match accepted {
+        Accepted::Stream(io) => {
+            let (reader, writer) = tokio::io::split(io);
+            drive(reader, writer, conn, &mut handler, &mut mailbox)
+                .instrument(span.clone())
+                .await
+        }
+        Accepted::Quic {
+            connection,
+            control,
+        } => {
+            crate::transport::quic::multi::drive(
+                connection,
+                control,
+                conn,
+                &mut handler,
+                &mut mailbox,
+            )
+            .instrument(span.clone())
+            .await
+        }
+    };
     handler.finish(conn, &mut mailbox).instrument(span).await;
 }
 

@@ -178,7 +178,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn apply(now: Instant, conn: &mut Connection, command: Command) {
+pub(crate) fn apply(now: Instant, conn: &mut Connection, command: Command) {
     match command {
         Command::Deliver(delivery) => {
             conn.deliver(now, delivery);
@@ -200,7 +200,7 @@ fn apply(now: Instant, conn: &mut Connection, command: Command) {
 
 /// Writes every chunk of the batch with vectored writes, then flushes. The writer and the
 /// frames come back together, whatever happened.
-async fn write_batch<W>(
+pub(crate) async fn write_batch<W>(
     mut writer: W,
     transmit: Transmit,
     progress: Arc<AtomicUsize>,

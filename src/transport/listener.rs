@@ -22,8 +22,8 @@ use tokio_rustls::TlsAcceptor;
 pub enum TransportKind {
     Tcp,
     Tls,
-    QuicSingle,
-    QuicMulti,
+    /// QUIC: single-stream until the client opens a data stream.
+    Quic,
 }
 
 impl fmt::Display for TransportKind {
@@ -31,8 +31,7 @@ impl fmt::Display for TransportKind {
         f.write_str(match self {
             TransportKind::Tcp => "tcp",
             TransportKind::Tls => "tls",
-            TransportKind::QuicSingle => "quic-single",
-            TransportKind::QuicMulti => "quic-multi",
+            TransportKind::Quic => "quic",
         })
     }
 }
@@ -50,9 +49,22 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 pub type BoxedIo = Box<dyn Io>;
 
-/// Serves one accepted, handshaken connection until it ends.
+/// An accepted, handshaken connection.
+pub enum Accepted {
+    /// One byte stream: TCP or TLS.
+    Stream(BoxedIo),
+    /// A QUIC connection and the first bidirectional stream the client opened (the
+    /// control stream); further streams are accepted by the driver.
+    Quic {
+        connection: quinn::Connection,
+        control: (quinn::SendStream, quinn::RecvStream),
+    },
+}
+
+/// Serves one accepted connection until it ends.
 pub trait Service: Send + Sync + 'static {
-    fn serve(&self, io: BoxedIo, info: PeerInfo) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    fn serve(&self, accepted: Accepted, info: PeerInfo)
+        -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 /// Limits shared by a broker's listeners.
@@ -76,7 +88,7 @@ pub async fn run_tcp(
         TransportKind::Tcp,
         move |tcp, info, _| {
             let service = service.clone();
-            async move { service.serve(Box::new(tcp), info).await }
+            async move { service.serve(Accepted::Stream(Box::new(tcp)), info).await }
         },
     )
     .await;
@@ -101,7 +113,7 @@ pub async fn run_tls(
             let acceptor = acceptor.clone();
             async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => service.serve(Box::new(tls), info).await,
+                    Ok(Ok(tls)) => service.serve(Accepted::Stream(Box::new(tls)), info).await,
                     Ok(Err(err)) => {
                         tracing::info!(peer = %info.peer, transport = %info.transport, error = %err, "TLS handshake failed");
                     }

@@ -16,6 +16,7 @@
 //! under the handshake timeout. The endpoint's UDP buffers are enlarged (a connection
 //! storm overflows the default ones and stalls handshakes for a second).
 
+pub mod multi;
 mod serve;
 
 use std::net::SocketAddr;

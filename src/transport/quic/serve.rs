@@ -1,9 +1,10 @@
-//! One QUIC connection: its first bidirectional stream carries the MQTT session.
+//! One QUIC connection: its first bidirectional stream is the control stream of the MQTT
+//! session; the driver ([`super::multi`]) accepts further streams as data streams.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::transport::listener::{PeerInfo, Service, TransportKind};
+use crate::transport::listener::{Accepted, PeerInfo, Service, TransportKind};
 
 /// How long a closing connection waits for the client to close first, so the last frames
 /// written on the stream (a DISCONNECT) are delivered rather than discarded.
@@ -30,12 +31,14 @@ pub async fn serve_connection(
         }
     };
     let info = PeerInfo {
-        transport: TransportKind::QuicSingle,
+        transport: TransportKind::Quic,
         peer,
     };
-    service
-        .serve(Box::new(tokio::io::join(recv, send)), info)
-        .await;
+    let accepted = Accepted::Quic {
+        connection: connection.clone(),
+        control: (send, recv),
+    };
+    service.serve(accepted, info).await;
     let _ = tokio::time::timeout(LINGER, connection.closed()).await;
     connection.close(0u32.into(), b"");
 }
