@@ -17,6 +17,7 @@
 //! (`transport`, `broker`, `store`, `fault`, `bench`, `client`, `config`) build on it.
 
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod protocol;
 pub mod server;
