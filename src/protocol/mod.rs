@@ -26,7 +26,10 @@ pub use packet::{
     Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Properties, Publish, SubAck,
     Subscribe, UnsubAck, Unsubscribe, Will,
 };
-pub use session::{Delivery, DropCounts, DropReason, QueueLimit, QueuePolicy, SessionState};
+pub use session::{
+    Delivery, DropCounts, DropReason, InflightMessage, QueueLimit, QueuePolicy, SessionSnapshot,
+    SessionState,
+};
 pub use types::{
     MqttString, PacketId, ProtocolVersion, QoS, QosPid, ReasonCode, RetainHandling, StringError,
     SubscriptionOptions, TopicFilter, TopicName,
