@@ -19,6 +19,7 @@
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod fault;
 pub mod protocol;
 pub mod server;
 pub mod transport;
