@@ -1,4 +1,4 @@
-//! The `twinmq` command line: serve, check-config, certs.
+//! The `twinmq` command line: serve, check-config, certs, pub, sub.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +54,12 @@ enum Command {
         #[arg(long = "client")]
         clients: Vec<String>,
     },
+    /// Publish a message (like mosquitto_pub), over TCP, TLS or QUIC.
+    #[command(disable_help_flag = true)]
+    Pub(twinmq::client::cli::PubArgs),
+    /// Subscribe and print messages (like mosquitto_sub), over TCP, TLS or QUIC.
+    #[command(disable_help_flag = true)]
+    Sub(twinmq::client::cli::SubArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +89,8 @@ fn main() -> ExitCode {
             }
             Err(err) => fail(&err),
         },
+        Command::Pub(args) => twinmq::client::cli::run_pub(args),
+        Command::Sub(args) => twinmq::client::cli::run_sub(args),
     }
 }
 

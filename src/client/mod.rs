@@ -45,6 +45,7 @@
 //! # }
 //! ```
 
+pub mod cli;
 mod dial;
 mod driver;
 mod error;
