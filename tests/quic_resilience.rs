@@ -102,8 +102,6 @@ async fn migration_keeps_the_session_on_the_same_stream() {
 /// With `listeners.quic.enable_0rtt`, a client holding a session ticket sends its CONNECT
 /// in 0-RTT early data; the server accepts the early data and answers with a CONNACK.
 #[tokio::test]
-#[ignore = "server: rustls issues no 0-RTT tickets with the stateless ticketer that \
-            quic_server_crypto installs; 0-RTT needs stateful resumption (src/config/tls.rs)"]
 async fn zero_rtt_connect_is_accepted_when_enabled() {
     let broker = TestBroker::start_with("quic-0rtt-on", &["listeners.quic.enable_0rtt=true"]).await;
     let tickets = TicketStore::new();
@@ -233,9 +231,6 @@ async fn a_vanished_client_is_detected_by_keep_alive_and_its_will_published() {
 /// MQTT keep-alive's call. The client sends no QUIC keep-alive of its own, as a minimal
 /// EMQX-style client may not.
 #[tokio::test]
-#[ignore = "server: transport_config sets no keep_alive_interval (the server never PINGs) \
-            and quinn 0.11 cannot raise the idle timeout after CONNECT, so a quiet client \
-            is cut after 3 x keep_alive_interval (src/transport/quic/mod.rs)"]
 async fn a_quiet_client_within_its_keep_alive_outlives_the_quic_idle_timeout() {
     let broker =
         TestBroker::start_with("quic-quiet", &["listeners.quic.keep_alive_interval=1s"]).await;

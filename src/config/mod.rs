@@ -106,7 +106,8 @@ pub struct QuicListenerSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
     pub alpn: Vec<String>,
-    /// Unset: derived from the MQTT keep-alive, see [`QuicListenerSettings::idle_timeout_for`].
+    /// Unset: three `keep_alive_interval`s (the server PINGs at that interval, so MQTT
+    /// keep-alive decides when a quiet client is gone).
     #[serde(
         default,
         with = "units::duration::option",
@@ -365,16 +366,6 @@ impl Config {
 }
 
 impl QuicListenerSettings {
-    /// The idle timeout for a connection whose client asked for `keep_alive` (zero: none).
-    ///
-    /// `idle_timeout` when set; otherwise twice the keep-alive, and never less than three
-    /// QUIC keep-alive intervals, so MQTT keep-alive (which closes at 1.5 times) decides
-    /// liveness while a path blip shorter than the timeout survives.
-    pub fn idle_timeout_for(&self, keep_alive: Duration) -> Duration {
-        self.idle_timeout
-            .unwrap_or_else(|| (keep_alive * 2).max(self.handshake_idle_timeout()))
-    }
-
     /// The idle timeout before the client's CONNECT is known (the endpoint default):
     /// `idle_timeout` when set, else three QUIC keep-alive intervals.
     pub fn handshake_idle_timeout(&self) -> Duration {

@@ -433,27 +433,11 @@ fn connection_config_maps_mqtt_settings() {
 }
 
 #[test]
-fn quic_idle_timeout_derives_from_keep_alive_unless_set() {
+fn quic_idle_timeout_is_three_keep_alive_intervals_unless_set() {
     let mut quic = Config::defaults().expect("defaults").listeners.quic;
     quic.keep_alive_interval = Duration::from_secs(10);
     assert_eq!(quic.handshake_idle_timeout(), Duration::from_secs(30));
-    assert_eq!(
-        quic.idle_timeout_for(Duration::from_secs(60)),
-        Duration::from_secs(120)
-    );
-    assert_eq!(
-        quic.idle_timeout_for(Duration::from_secs(5)),
-        Duration::from_secs(30)
-    );
-    assert_eq!(
-        quic.idle_timeout_for(Duration::ZERO),
-        Duration::from_secs(30)
-    );
     quic.idle_timeout = Some(Duration::from_secs(45));
-    assert_eq!(
-        quic.idle_timeout_for(Duration::from_secs(600)),
-        Duration::from_secs(45)
-    );
     assert_eq!(quic.handshake_idle_timeout(), Duration::from_secs(45));
 }
 

@@ -42,11 +42,12 @@ pub fn ring_provider() -> Arc<CryptoProvider> {
 /// `settings`, optional or required client authentication against `client_ca`, ALPN as
 /// configured, and stateless session tickets for resumption.
 pub fn server_tls_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError> {
-    let config = build(
+    let mut config = build(
         settings,
         &[&rustls::version::TLS13, &rustls::version::TLS12],
         settings.alpn.clone(),
     )?;
+    config.ticketer = stateless_ticketer()?;
     Ok(Arc::new(config))
 }
 
@@ -64,7 +65,17 @@ pub fn quic_server_crypto(
         settings.alpn.clone()
     };
     let mut config = build(settings, &[&rustls::version::TLS13], alpn)?;
-    config.max_early_data_size = if enable_0rtt { u32::MAX } else { 0 };
+    if enable_0rtt {
+        // rustls accepts early data only on stateful resumption (RFC 8446 section 8.1):
+        // tickets are single-use keys into this server's session cache, so a replayed
+        // ClientHello finds its ticket already taken. With a stateless ticketer it issues
+        // tickets without the early_data extension and 0-RTT never happens.
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(QUIC_SESSION_CACHE);
+        config.max_early_data_size = u32::MAX;
+    } else {
+        config.ticketer = stateless_ticketer()?;
+        config.max_early_data_size = 0;
+    }
     Ok(Arc::new(config))
 }
 
@@ -143,9 +154,14 @@ fn build(
         e => pem_error(&settings.key, format!("unusable private key: {e}")),
     })?;
     config.alpn_protocols = alpn.into_iter().map(String::into_bytes).collect();
-    config.ticketer = rustls::crypto::ring::Ticketer::new()
-        .map_err(|e| ConfigError::tls("TLS session ticketer", e))?;
     Ok(config)
+}
+
+/// Sessions remembered for 0-RTT resumption (each connection is issued two tickets).
+const QUIC_SESSION_CACHE: usize = 8192;
+
+fn stateless_ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, ConfigError> {
+    rustls::crypto::ring::Ticketer::new().map_err(|e| ConfigError::tls("TLS session ticketer", e))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {

@@ -88,6 +88,9 @@ pub fn transport_config(
         reason: e.to_string(),
     })?;
     transport.max_idle_timeout(Some(idle));
+    // PINGs keep a live but quiet client's path (and its NAT binding) from idling out, so
+    // MQTT keep-alive, not the QUIC idle timeout, decides when a client is gone.
+    transport.keep_alive_interval(Some(settings.keep_alive_interval));
     transport.max_concurrent_bidi_streams(settings.max_bidi_streams.into());
     // MQTT over QUIC uses bidirectional streams only.
     transport.max_concurrent_uni_streams(0u8.into());
@@ -190,29 +193,49 @@ async fn handshake_and_serve(
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(err) => {
-            tracing::info!(%peer, transport = "quic", error = %err, "QUIC connection not accepted");
+            log_handshake_error(peer, &err);
             return;
         }
     };
     let connection = if enable_0rtt {
-        // With 0-RTT on, the connection (and a CONNECT in early data) is served at once.
+        // With 0-RTT on, the connection (and a CONNECT in early data) is served at once;
+        // the handshake must still finish within the timeout or the connection is closed.
         match connecting.into_0rtt() {
-            Ok((connection, _accepted)) => Ok(connection),
-            Err(connecting) => tokio::time::timeout(timeout, connecting)
-                .await
-                .map_err(|_| ())
-                .and_then(|r| r.map_err(|e| log_handshake_error(peer, &e))),
+            Ok((connection, accepted)) => {
+                let watched = connection.clone();
+                tokio::spawn(async move {
+                    if tokio::time::timeout(timeout, accepted).await.is_err() {
+                        tracing::info!(%peer, transport = "quic", "QUIC handshake timed out");
+                        watched.close(0u32.into(), b"handshake timeout");
+                    }
+                });
+                Ok(connection)
+            }
+            Err(connecting) => finish_handshake(peer, connecting, timeout).await,
         }
     } else {
-        tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| {
-                tracing::info!(%peer, transport = "quic", "QUIC handshake timed out");
-            })
-            .and_then(|r| r.map_err(|e| log_handshake_error(peer, &e)))
+        finish_handshake(peer, connecting, timeout).await
     };
     if let Ok(connection) = connection {
         serve_connection(connection, service, timeout).await;
+    }
+}
+
+async fn finish_handshake(
+    peer: SocketAddr,
+    connecting: quinn::Connecting,
+    timeout: Duration,
+) -> Result<quinn::Connection, ()> {
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(err)) => {
+            log_handshake_error(peer, &err);
+            Err(())
+        }
+        Err(_) => {
+            tracing::info!(%peer, transport = "quic", "QUIC handshake timed out");
+            Err(())
+        }
     }
 }
 
