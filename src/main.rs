@@ -36,6 +36,10 @@ enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Inject the faults of this TOML plan at the IO seams (for experiments; see
+        /// docs/stability.md). Off by default.
+        #[arg(long, value_name = "FILE")]
+        fault_plan: Option<PathBuf>,
     },
     /// Validate the configuration (and the files it names) without starting.
     CheckConfig {
@@ -65,7 +69,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, fault_plan } => serve(config, fault_plan),
         Command::CheckConfig { config } => check_config(config),
         Command::Certs {
             out,
@@ -113,10 +117,15 @@ fn check_config(args: ConfigArgs) -> ExitCode {
     }
 }
 
-fn serve(args: ConfigArgs) -> ExitCode {
+fn serve(args: ConfigArgs, fault_plan: Option<PathBuf>) -> ExitCode {
     let config = match load(&args) {
         Ok(config) => config,
         Err(err) => return fail(&err),
+    };
+    let plan = match fault_plan.as_deref().map(twinmq::fault::FaultPlan::load) {
+        None => twinmq::fault::FaultPlan::default(),
+        Some(Ok(plan)) => plan,
+        Some(Err(err)) => return fail(&err),
     };
     init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -127,7 +136,10 @@ fn serve(args: ConfigArgs) -> ExitCode {
         Err(err) => return fail(&err),
     };
     runtime.block_on(async move {
-        let server = match Server::start(&config).await {
+        if !plan.is_empty() {
+            eprintln!("twinmq: FAULT INJECTION IS ON ({plan:?})");
+        }
+        let server = match Server::start_with_faults(&config, &plan).await {
             Ok(server) => server,
             Err(err) => return fail(&err),
         };

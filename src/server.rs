@@ -13,6 +13,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::broker::{Broker, BrokerConfig, BrokerService};
 use crate::config::{self, Config, ConfigError};
+use crate::fault::udp::UdpFaults;
+use crate::fault::FaultPlan;
 use crate::transport::listener::{self, Limits, Service};
 use crate::transport::quic;
 
@@ -46,12 +48,28 @@ pub struct Server {
 impl Server {
     /// Binds every enabled listener and starts accepting.
     pub async fn start(config: &Config) -> Result<Server, ServerError> {
+        Server::start_with_faults(config, &FaultPlan::default()).await
+    }
+
+    /// As [`Server::start`], with the faults of `plan` injected at the IO seams: below TLS
+    /// on accepted TCP/TLS connections, below quinn on the QUIC endpoint's socket.
+    pub async fn start_with_faults(
+        config: &Config,
+        plan: &FaultPlan,
+    ) -> Result<Server, ServerError> {
+        if !plan.is_empty() {
+            tracing::warn!(
+                ?plan,
+                "FAULT INJECTION IS ON: this broker misbehaves on purpose"
+            );
+        }
         let broker = Broker::new(broker_config(config));
         broker.start();
         let service: Arc<dyn Service> = Arc::new(BrokerService(Arc::clone(&broker)));
         let limits = Limits {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshake_timeout: config.limits.handshake_timeout,
+            stream_faults: (!plan.stream.is_empty()).then(|| plan.stream.clone()),
         };
         let mut tasks = Vec::new();
         let mut tcp_addr = None;
@@ -93,7 +111,11 @@ impl Server {
             }
             let settings = config.quic_tls_settings()?;
             let crypto = config::tls::quic_server_crypto(&settings, quic.enable_0rtt)?;
-            let endpoint = quic::endpoint(quic, crypto)?;
+            let endpoint = quic::endpoint(
+                quic,
+                crypto,
+                (plan.udp != UdpFaults::default()).then(|| (plan.udp.clone(), plan.seed)),
+            )?;
             quic_addr = endpoint.local_addr().ok();
             tasks.push(tokio::spawn(quic::run(
                 endpoint,

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
+
+use crate::fault::stream::{FaultyStream, StreamFaults};
 
 /// Which transport a connection came in on; shown in every log line of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,6 +74,9 @@ pub trait Service: Send + Sync + 'static {
 pub struct Limits {
     pub connections: Arc<Semaphore>,
     pub handshake_timeout: Duration,
+    /// Faults injected below TLS on every accepted connection (a fault plan); `None` in
+    /// normal operation.
+    pub stream_faults: Option<StreamFaults>,
 }
 
 /// Accepts plain TCP connections until `shutdown` turns true.
@@ -86,9 +91,9 @@ pub async fn run_tcp(
         limits,
         shutdown,
         TransportKind::Tcp,
-        move |tcp, info, _| {
+        move |io, info, _| {
             let service = service.clone();
-            async move { service.serve(Accepted::Stream(Box::new(tcp)), info).await }
+            async move { service.serve(Accepted::Stream(io), info).await }
         },
     )
     .await;
@@ -108,11 +113,11 @@ pub async fn run_tls(
         limits,
         shutdown,
         TransportKind::Tls,
-        move |tcp, info, handshake_timeout| {
+        move |io, info, handshake_timeout| {
             let service = service.clone();
             let acceptor = acceptor.clone();
             async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
                     Ok(Ok(tls)) => service.serve(Accepted::Stream(Box::new(tls)), info).await,
                     Ok(Err(err)) => {
                         tracing::info!(peer = %info.peer, transport = %info.transport, error = %err, "TLS handshake failed");
@@ -134,7 +139,7 @@ async fn accept_loop<F, Fut>(
     kind: TransportKind,
     handle: F,
 ) where
-    F: Fn(TcpStream, PeerInfo, Duration) -> Fut,
+    F: Fn(BoxedIo, PeerInfo, Duration) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -158,7 +163,11 @@ async fn accept_loop<F, Fut>(
                     tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
                 }
                 let info = PeerInfo { transport: kind, peer };
-                let task = handle(tcp, info, limits.handshake_timeout);
+                let io: BoxedIo = match &limits.stream_faults {
+                    Some(faults) => Box::new(FaultyStream::new(tcp, faults.clone())),
+                    None => Box::new(tcp),
+                };
+                let task = handle(io, info, limits.handshake_timeout);
                 tokio::spawn(async move {
                     task.await;
                     drop(permit);

@@ -51,6 +51,15 @@ impl TestBroker {
 
     /// Starts with extra `key=value` overrides (e.g. `mqtt.max_keepalive=2s`).
     pub async fn start_with(tag: &str, extra: &[&str]) -> TestBroker {
+        TestBroker::start_with_faults(tag, extra, &twinmq::fault::FaultPlan::default()).await
+    }
+
+    /// Starts with a fault plan applied at the IO seams.
+    pub async fn start_with_faults(
+        tag: &str,
+        extra: &[&str],
+        plan: &twinmq::fault::FaultPlan,
+    ) -> TestBroker {
         let data_dir = temp_dir(tag);
         let mut settings = vec![
             format!("data_dir={}", data_dir.display()),
@@ -65,7 +74,9 @@ impl TestBroker {
             .overrides(overrides)
             .load()
             .expect("test config loads");
-        let server = Server::start(&config).await.expect("broker starts");
+        let server = Server::start_with_faults(&config, plan)
+            .await
+            .expect("broker starts");
         let tcp = server.tcp_addr.expect("tcp listener");
         let tls = server.tls_addr.expect("tls listener");
         let quic = server.quic_addr.expect("quic listener");

@@ -29,6 +29,7 @@ pub use serve::serve_connection;
 
 use super::listener::{Limits, Service};
 use crate::config::{Congestion, QuicListenerSettings};
+use crate::fault::udp::{FaultyUdpSocket, UdpFaults};
 
 /// Why the QUIC endpoint could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,7 @@ pub enum QuicError {
 pub fn endpoint(
     settings: &QuicListenerSettings,
     crypto: Arc<rustls::ServerConfig>,
+    faults: Option<(UdpFaults, u64)>,
 ) -> Result<quinn::Endpoint, QuicError> {
     let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
         .map_err(|e| QuicError::Crypto(e.to_string()))?;
@@ -65,16 +67,29 @@ pub fn endpoint(
         addr: settings.bind,
         source,
     })?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|source| QuicError::Bind {
+    let bind_error = |source| QuicError::Bind {
         addr: settings.bind,
         source,
-    })
+    };
+    match faults {
+        None => quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error),
+        Some((faults, seed)) => {
+            let socket = FaultyUdpSocket::wrap(socket, faults, seed).map_err(bind_error)?;
+            quinn::Endpoint::new_with_abstract_socket(
+                quinn::EndpointConfig::default(),
+                Some(server),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .map_err(bind_error)
+        }
+    }
 }
 
 /// The transport parameters both sides of a twinmq QUIC connection use.
