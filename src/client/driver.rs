@@ -133,13 +133,14 @@ impl Driver {
         }
     }
 
-    /// Spawns the driver on the first connection.
-    pub fn start(self, link: Link) {
-        tokio::spawn(self.run(link));
+    /// Installs the first connection (so the handle sees its CONNACK at once) and spawns
+    /// the driver.
+    pub fn start(mut self, link: Link) {
+        self.install(link);
+        tokio::spawn(self.run());
     }
 
-    async fn run(mut self, link: Link) {
-        self.install(link);
+    async fn run(mut self) {
         loop {
             let error = match self.serve().await {
                 End::Closed => break,

@@ -2,6 +2,8 @@
 //! `twinmq::client` at a [`TestBroker`], and bounded waits.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::future::Future;
 use std::time::Duration;
 
