@@ -389,7 +389,10 @@ impl Layer {
                 .map(str::to_ascii_lowercase)
                 .collect::<Vec<_>>()
                 .join(".");
-            if key.is_empty() {
+            // Nested names (TWINMQ_SECTION__KEY) and TWINMQ_DATA_DIR are configuration;
+            // single-word names (TWINMQ_LOG, TWINMQ_PYTHON) belong to other tools. A typo
+            // in a nested name is still reported as an unknown key.
+            if !key.contains('.') && key != "data_dir" {
                 continue;
             }
             let value: Value = value

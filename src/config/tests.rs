@@ -183,11 +183,17 @@ fn unknown_keys_are_reported_with_their_origin() {
         other => panic!("unexpected {other}"),
     }
 
-    let err = load_env(&[("TWINMQ_NOPE", "1")]).expect_err("refused");
+    let err = load_env(&[("TWINMQ_NOPE__X", "1")]).expect_err("refused");
     assert!(
         matches!(err, ConfigError::UnknownKey { ref key, .. } if key == "nope"),
         "{err}"
     );
+    // Variables that name no section belong to other tools (TWINMQ_LOG, TWINMQ_PYTHON).
+    assert!(load_env(&[
+        ("TWINMQ_PYTHON", "/usr/bin/python3"),
+        ("TWINMQ_LOG", "debug")
+    ])
+    .is_ok());
 }
 
 #[test]
