@@ -172,3 +172,39 @@ async fn concurrent_publishes_from_clones_all_complete() {
             .expect("ok");
     }
 }
+
+/// A subscriber that does not read for a while: the client stops reading from the network
+/// once `incoming_capacity` events wait (the broker holds the rest), and nothing is lost
+/// or reordered when the application catches up.
+#[tokio::test]
+async fn a_slow_reader_loses_nothing() {
+    let broker = TestBroker::start("client-slow-reader").await;
+    let (sub, mut incoming) = within(
+        "connect",
+        Client::connect(options(&broker, Transport::Quic).incoming_capacity(2)),
+    )
+    .await
+    .expect("connects");
+    within("SUBACK", sub.subscribe("slow/#", QoS::AtLeastOnce))
+        .await
+        .expect("subscribed");
+    let (publisher, _p) = within("connect", Client::connect(options(&broker, Transport::Tcp)))
+        .await
+        .expect("connects");
+    for i in 0..100u32 {
+        within(
+            "publish",
+            publisher.publish("slow/x", i.to_string(), QoS::AtLeastOnce, false),
+        )
+        .await
+        .expect("published");
+    }
+    for i in 0..100u32 {
+        let m = next_message(&mut incoming).await;
+        assert_eq!(m.payload, Bytes::from(i.to_string()));
+    }
+    within("disconnect", sub.disconnect()).await.expect("ok");
+    within("disconnect", publisher.disconnect())
+        .await
+        .expect("ok");
+}

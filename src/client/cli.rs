@@ -337,10 +337,15 @@ fn options(conn: &ConnectionArgs) -> Result<ClientOptions, String> {
     } else if let Some(expiry) = conn.session_expiry {
         options = options.session_expiry(Duration::from_secs(u64::from(expiry)));
     }
-    if let Some(user) = &conn.username {
-        options = options.credentials(user.clone(), conn.password.clone());
-    } else if conn.password.is_some() {
-        return Err("-P (password) needs -u (user name)".into());
+    match (&conn.username, &conn.password) {
+        (Some(user), password) => {
+            options = options.username(user.clone());
+            if let Some(password) = password {
+                options = options.password(password.clone());
+            }
+        }
+        (None, Some(_)) => return Err("-P (password) needs -u (user name)".into()),
+        (None, None) => {}
     }
     if let Some(ca) = &conn.cafile {
         options = options.ca_file(ca.clone());

@@ -103,9 +103,19 @@ impl Dialer {
 
     /// One connection attempt, bounded by the connect timeout as a whole.
     pub async fn dial(&self, connect: &Connect) -> Result<Link, ClientError> {
-        let addrs = self.resolve().await?;
         let timeout = self.options.connect_timeout;
-        let first = addrs[0];
+        let addrs = tokio::time::timeout(timeout, self.resolve())
+            .await
+            .map_err(|_| ClientError::Resolve {
+                host: self.options.host.clone(),
+                reason: format!("no answer within {timeout:?}"),
+            })??;
+        let Some(&first) = addrs.first() else {
+            return Err(ClientError::Resolve {
+                host: self.options.host.clone(),
+                reason: "no address".into(),
+            });
+        };
         if let Some(tls) = &self.tls {
             tls.rejections.clear();
         }
@@ -224,6 +234,12 @@ impl Dialer {
         addrs: &[SocketAddr],
         connect: &Connect,
     ) -> Result<Link, ClientError> {
+        let Some(&first) = addrs.first() else {
+            return Err(ClientError::Resolve {
+                host: self.options.host.clone(),
+                reason: "no address".into(),
+            });
+        };
         let mut attempts = JoinSet::new();
         for &addr in addrs {
             let connecting = quic
@@ -247,13 +263,13 @@ impl Dialer {
                 }
                 Some(Err(join)) => {
                     return Err(ClientError::Quic {
-                        addr: addrs[0],
+                        addr: first,
                         reason: join.to_string(),
                     })
                 }
                 None => {
                     return Err(ClientError::Timeout {
-                        addr: timed_out.unwrap_or(addrs[0]),
+                        addr: timed_out.unwrap_or(first),
                         timeout: self.options.connect_timeout,
                         transport: "quic",
                     })

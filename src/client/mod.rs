@@ -45,6 +45,18 @@
 //! # }
 //! ```
 
+// Network input must never panic the client: no indexing, unwrap or panic outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+
 pub mod cli;
 mod dial;
 mod driver;

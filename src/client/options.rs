@@ -276,13 +276,14 @@ impl ClientOptions {
         self
     }
 
-    pub fn credentials(
-        mut self,
-        username: impl Into<String>,
-        password: Option<impl Into<Bytes>>,
-    ) -> ClientOptions {
+    pub fn username(mut self, username: impl Into<String>) -> ClientOptions {
         self.username = Some(username.into());
-        self.password = password.map(Into::into);
+        self
+    }
+
+    /// Binary in MQTT 5; MQTT 3.1.1 also needs a user name with it.
+    pub fn password(mut self, password: impl Into<Bytes>) -> ClientOptions {
+        self.password = Some(password.into());
         self
     }
 
