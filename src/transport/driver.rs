@@ -124,23 +124,10 @@ where
                 let (w, completion) = done;
                 write = None;
                 writer = Some(w);
-                if let SendCompletion::Written { frames, .. } = &completion {
-                    sink.on_bytes_written(frames.wire_len());
-                }
-                if let Err(err) = conn.handle_completion(now(), completion) {
-                    // Cannot happen with this driver; the connection has closed loudly.
-                    tracing::error!(error = %err, "completion rejected");
-                }
+                complete(sink, &mut conn, completion);
             }
             command = mailbox.recv(), if mailbox_open => {
-                let t = now();
-                match command {
-                    Some(command) => apply(t, &mut conn, command),
-                    None => {
-                        mailbox_open = false;
-                        conn.disconnect(t, ReasonCode::ServerShuttingDown);
-                    }
-                }
+                mailbox_open = apply(now(), &mut conn, command);
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
                 let t = now();
@@ -171,14 +158,35 @@ async fn poll_write<W>(write: &mut Option<WriteFuture<W>>) -> (W, SendCompletion
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
 
-pub(crate) fn apply(now: Instant, conn: &mut Connection, command: Command) {
+/// Hands a write's completion to the connection (and its size to the statistics).
+pub(crate) fn complete(
+    sink: &mut (impl EventSink + ?Sized),
+    conn: &mut Connection,
+    completion: SendCompletion,
+) {
+    if let SendCompletion::Written { frames, .. } = &completion {
+        sink.on_bytes_written(frames.wire_len());
+    }
+    if let Err(err) = conn.handle_completion(now(), completion) {
+        // Cannot happen with our drivers; the connection has closed loudly.
+        tracing::error!(error = %err, "completion rejected");
+    }
+}
+
+/// Applies one mailbox message; `None` (the broker dropped the mailbox) means shutdown.
+/// Returns whether the mailbox is still open.
+pub(crate) fn apply(now: Instant, conn: &mut Connection, command: Option<Command>) -> bool {
+    let Some(command) = command else {
+        conn.disconnect(now, ReasonCode::ServerShuttingDown);
+        return false;
+    };
     match command {
         Command::Deliver(delivery) => {
             conn.deliver(now, delivery);
@@ -196,6 +204,7 @@ pub(crate) fn apply(now: Instant, conn: &mut Connection, command: Command) {
         Command::AcceptPublish(ack, reason) => conn.accept_publish(now, ack, reason),
         Command::Disconnect(reason) => conn.disconnect(now, reason),
     }
+    true
 }
 
 /// Writes every chunk of the batch with vectored writes, then flushes. The writer and the

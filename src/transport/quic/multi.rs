@@ -16,8 +16,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::protocol::{Connection, LaneId, ReasonCode, SendCompletion, TransportFault};
-use crate::transport::driver::{apply, now, write_batch, Command, EventSink};
+use crate::protocol::{Connection, LaneId, SendCompletion, TransportFault};
+use crate::transport::driver::{
+    apply, complete, now, sleep_until, write_batch, Command, EventSink,
+};
 
 /// Read size per stream read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -124,12 +126,7 @@ pub async fn drive(
             done = done_rx.recv() => {
                 let Some((lane, send, completion)) = done else { continue };
                 writes.remove(&lane);
-                if let SendCompletion::Written { frames, .. } = &completion {
-                    sink.on_bytes_written(frames.wire_len());
-                }
-                if let Err(err) = conn.handle_completion(now(), completion) {
-                    tracing::error!(error = %err, "completion rejected");
-                }
+                complete(sink, &mut conn, completion);
                 if readers.contains_key(&lane) {
                     idle.insert(lane, send);
                 }
@@ -152,14 +149,7 @@ pub async fn drive(
                 }
             }
             command = mailbox.recv(), if mailbox_open => {
-                let t = now();
-                match command {
-                    Some(command) => apply(t, &mut conn, command),
-                    None => {
-                        mailbox_open = false;
-                        conn.disconnect(t, ReasonCode::ServerShuttingDown);
-                    }
-                }
+                mailbox_open = apply(now(), &mut conn, command);
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
                 let t = now();
@@ -249,13 +239,6 @@ fn stop_lane(
         if let Some(cancel) = write.cancel.take() {
             let _ = cancel.send(());
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
