@@ -325,3 +325,69 @@ async fn dropping_incoming_keeps_the_client_and_dropping_the_client_ends_it() {
         "the client ended once every handle was gone"
     );
 }
+
+/// Over multi-stream QUIC, PINGREQ goes on the control stream and its PINGRESP comes back
+/// there: an idle client with a 1 s keep-alive stays connected for several periods.
+#[tokio::test]
+async fn an_idle_multi_stream_client_is_kept_alive_on_the_control_stream() {
+    let broker = TestBroker::start("client-multi-ka").await;
+    let (client, mut incoming) = within(
+        "connect",
+        Client::connect(multi(&broker).keep_alive(Duration::from_secs(1))),
+    )
+    .await
+    .expect("connects");
+    within("SUBACK", client.subscribe("ka/#", QoS::AtLeastOnce))
+        .await
+        .expect("subscribed");
+    // Three keep-alive periods with nothing to say: any event here would be a lost
+    // connection.
+    let quiet = tokio::time::timeout(Duration::from_millis(3500), incoming.recv()).await;
+    assert!(quiet.is_err(), "{quiet:?}");
+    assert_eq!(client.connections(), 1);
+    within(
+        "publish",
+        client.publish("ka/x", "still here", QoS::AtLeastOnce, false),
+    )
+    .await
+    .expect("published");
+    assert_eq!(
+        next_message(&mut incoming).await.payload,
+        Bytes::from("still here")
+    );
+    within("disconnect", client.disconnect()).await.expect("ok");
+}
+
+/// UNSUBSCRIBE goes on the stream of its SUBSCRIBE and ends the deliveries there.
+#[tokio::test]
+async fn unsubscribing_on_a_data_stream_stops_its_deliveries() {
+    let broker = TestBroker::start("client-multi-unsub").await;
+    let (client, mut incoming) = within("connect", Client::connect(multi(&broker)))
+        .await
+        .expect("connects");
+    within("SUBACK", client.subscribe("gone/#", QoS::AtLeastOnce))
+        .await
+        .expect("subscribed");
+    within("SUBACK", client.subscribe("kept/#", QoS::AtLeastOnce))
+        .await
+        .expect("subscribed");
+    within("UNSUBACK", client.unsubscribe("gone/#"))
+        .await
+        .expect("unsubscribed");
+    within(
+        "publish",
+        client.publish("gone/x", "not for us", QoS::AtLeastOnce, false),
+    )
+    .await
+    .expect("published");
+    within(
+        "publish",
+        client.publish("kept/x", "marker", QoS::AtLeastOnce, false),
+    )
+    .await
+    .expect("published");
+    let m = next_message(&mut incoming).await;
+    assert_eq!(m.payload, Bytes::from("marker"));
+    assert_eq!(m.stream, Some(StreamKey::new("kept/#")));
+    within("disconnect", client.disconnect()).await.expect("ok");
+}
