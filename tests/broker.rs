@@ -8,7 +8,10 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{connect, tls_client_config, RawClient, TestBroker, WAIT};
+use common::{
+    connect, pid, publish_packet, subscribe_packet, subscribe_with, tls_client_config, RawClient,
+    TestBroker, WAIT,
+};
 use twinmq::protocol::{
     Ack, Disconnect, MqttString, Packet, Properties, ProtocolVersion, Publish, QoS, QosPid,
     ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, TopicFilter, TopicName,
@@ -18,31 +21,12 @@ use twinmq::protocol::{
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V311: ProtocolVersion = ProtocolVersion::V311;
 
-fn pid(n: u16) -> twinmq::protocol::PacketId {
-    twinmq::protocol::PacketId::new(n).expect("non-zero")
-}
-
 fn publish(topic: &str, qos_pid: QosPid, payload: &'static [u8], retain: bool) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos_pid,
-        retain,
-        topic: TopicName::new(topic).expect("valid topic"),
-        payload: Bytes::from_static(payload),
-        properties: Properties::default(),
-    })
-}
-
-fn subscribe_with(filter: &str, options: SubscriptionOptions, id: u16) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: pid(id),
-        filters: vec![(TopicFilter::new(filter).expect("valid filter"), options)],
-        properties: Properties::default(),
-    })
+    publish_packet(topic, qos_pid, Bytes::from_static(payload), retain)
 }
 
 fn subscribe(filter: &str, qos: QoS, id: u16) -> Packet {
-    subscribe_with(filter, SubscriptionOptions::qos(qos), id)
+    subscribe_packet(filter, qos, id)
 }
 
 /// Connects a raw client and checks the CONNACK.

@@ -4,108 +4,27 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use bytes::{Bytes, BytesMut};
-use common::{connect, tls_client_config, RawClient, TestBroker, WAIT};
-use tokio::io::AsyncWriteExt;
-use twinmq::protocol::codec::{encode_to_bytes, Decoder};
-use twinmq::protocol::{
-    Ack, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, QosPid, ReasonCode,
-    Subscribe, SubscriptionOptions, TopicFilter, TopicName,
-};
+use bytes::Bytes;
+use common::quic::{self, QuicStream};
+use common::{connect, pid, publish_packet, subscribe_packet, RawClient, TestBroker, WAIT};
+use twinmq::protocol::{Ack, Packet, ProtocolVersion, QoS, QosPid, ReasonCode};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
-fn pid(n: u16) -> PacketId {
-    PacketId::new(n).expect("non-zero")
-}
-
-/// A quinn client endpoint trusting the broker's CA, offering `alpn`.
-fn client_endpoint(ca: &std::path::Path, alpn: &[&str]) -> quinn::Endpoint {
-    let mut tls = (*tls_client_config(ca)).clone();
-    tls.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("TLS 1.3 config");
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    endpoint
-}
-
-/// One MQTT byte stream over a QUIC bidirectional stream.
-struct QuicStream {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    decoder: Decoder,
-    buf: BytesMut,
-}
-
-impl QuicStream {
-    async fn open(connection: &quinn::Connection) -> QuicStream {
-        let (send, recv) = connection.open_bi().await.expect("open stream");
-        QuicStream {
-            send,
-            recv,
-            decoder: Decoder::with_version(V5, u32::MAX),
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn send(&mut self, packet: &Packet) {
-        let bytes = encode_to_bytes(packet, V5).expect("encodes");
-        self.send.write_all(&bytes).await.expect("stream write");
-    }
-
-    async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(p) = self.decoder.decode(&mut self.buf).expect("valid packets") {
-                    return Some(p);
-                }
-                let mut chunk = [0u8; 4096];
-                match self.recv.read(&mut chunk).await {
-                    Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
-                    _ => return None,
-                }
-            }
-        })
-        .await
-        .expect("a packet or the end of the stream in time")
-    }
-}
-
-async fn quic_connect(broker: &TestBroker, endpoint: &quinn::Endpoint) -> quinn::Connection {
-    tokio::time::timeout(
-        WAIT,
-        endpoint
-            .connect(broker.quic, "localhost")
-            .expect("connect config"),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("QUIC handshake")
-}
-
 fn publish(topic: &str, qos_pid: QosPid, payload: &'static [u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos_pid,
-        retain: false,
-        topic: TopicName::new(topic).expect("topic"),
-        payload: Bytes::from_static(payload),
-        properties: Properties::default(),
-    })
+    publish_packet(topic, qos_pid, Bytes::from_static(payload), false)
 }
 
 fn subscribe(filter: &str, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: pid(1),
-        filters: vec![(
-            TopicFilter::new(filter).expect("filter"),
-            SubscriptionOptions::qos(qos),
-        )],
-        properties: Properties::default(),
-    })
+    subscribe_packet(filter, qos, 1)
+}
+
+async fn quic_connect(broker: &TestBroker, endpoint: &quinn::Endpoint) -> quinn::Connection {
+    quic::connect(broker, endpoint).await
+}
+
+fn client_endpoint(ca: &std::path::Path, alpn: &[&str]) -> quinn::Endpoint {
+    quic::client_endpoint(ca, alpn, None)
 }
 
 #[tokio::test]
@@ -231,7 +150,7 @@ async fn a_session_moves_between_tls_and_quic_in_both_directions() {
         ReasonCode::Success,
     )))
     .await;
-    q.send.flush().await.expect("flush");
+    let _ = q.send.finish();
     assert!(q.recv().await.is_none());
 
     // And back to TCP/TLS.

@@ -5,110 +5,25 @@
 
 mod common;
 
-use std::sync::Arc;
+use bytes::Bytes;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use common::{connect, tls_client_config, RawClient, TestBroker, WAIT};
-use twinmq::protocol::codec::{encode_to_bytes, Decoder};
-use twinmq::protocol::{
-    Ack, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, QosPid, ReasonCode,
-    Subscribe, SubscriptionOptions, TopicFilter, TopicName,
-};
+use common::quic::{self, QuicStream as Stream};
+use common::{connect, pid, publish_packet, subscribe_packet, RawClient, TestBroker};
+use twinmq::protocol::{Ack, Packet, ProtocolVersion, QoS, QosPid, ReasonCode};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
-fn pid(n: u16) -> PacketId {
-    PacketId::new(n).expect("non-zero")
-}
-
 fn endpoint(ca: &std::path::Path, stream_window: Option<u32>) -> quinn::Endpoint {
-    let mut tls = (*tls_client_config(ca)).clone();
-    tls.alpn_protocols = vec![b"mqtt".to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("TLS 1.3");
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    if let Some(window) = stream_window {
-        let mut transport = quinn::TransportConfig::default();
-        transport.stream_receive_window(window.into());
-        config.transport_config(Arc::new(transport));
-    }
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(config);
-    endpoint
-}
-
-struct Stream {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    decoder: Decoder,
-    buf: BytesMut,
-}
-
-impl Stream {
-    async fn open(connection: &quinn::Connection) -> Stream {
-        let (send, recv) = connection.open_bi().await.expect("open stream");
-        Stream {
-            send,
-            recv,
-            decoder: Decoder::with_version(V5, u32::MAX),
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn send(&mut self, packet: &Packet) {
-        let bytes = encode_to_bytes(packet, V5).expect("encodes");
-        self.send.write_all(&bytes).await.expect("write");
-    }
-
-    async fn recv(&mut self) -> Packet {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(p) = self.decoder.decode(&mut self.buf).expect("valid") {
-                    return p;
-                }
-                let mut chunk = [0u8; 8192];
-                match self.recv.read(&mut chunk).await {
-                    Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
-                    other => panic!("stream ended: {other:?}"),
-                }
-            }
-        })
-        .await
-        .expect("a packet in time")
-    }
-}
-
-async fn quic(broker: &TestBroker, endpoint: &quinn::Endpoint) -> quinn::Connection {
-    tokio::time::timeout(
-        WAIT,
-        endpoint.connect(broker.quic, "localhost").expect("config"),
-    )
-    .await
-    .expect("in time")
-    .expect("handshake")
+    quic::client_endpoint(ca, &["mqtt"], stream_window)
 }
 
 fn subscribe(filter: &str, qos: QoS, id: u16) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: pid(id),
-        filters: vec![(
-            TopicFilter::new(filter).expect("filter"),
-            SubscriptionOptions::qos(qos),
-        )],
-        properties: Properties::default(),
-    })
+    subscribe_packet(filter, qos, id)
 }
 
 fn publish(topic: &str, qos_pid: QosPid, payload: Bytes) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos_pid,
-        retain: false,
-        topic: TopicName::new(topic).expect("topic"),
-        payload,
-        properties: Properties::default(),
-    })
+    publish_packet(topic, qos_pid, payload, false)
 }
 
 /// A TCP publisher that waits for each PUBACK (so the message has been routed).
@@ -138,16 +53,18 @@ async fn publish_acked(p: &mut RawClient, topic: &str, id: u16, qos: QoS, payloa
 async fn replies_and_deliveries_use_the_stream_of_their_request() {
     let broker = TestBroker::start("multi-bind").await;
     let ep = endpoint(&broker.ca, None);
-    let conn = quic(&broker, &ep).await;
+    let conn = quic::connect(&broker, &ep).await;
     let mut control = Stream::open(&conn).await;
     control
         .send(&Packet::Connect(Box::new(connect(V5, "multi", true, 30))))
         .await;
-    assert!(matches!(control.recv().await, Packet::ConnAck(c) if c.reason == ReasonCode::Success));
+    assert!(
+        matches!(control.expect().await, Packet::ConnAck(c) if c.reason == ReasonCode::Success)
+    );
 
     let mut subs = Stream::open(&conn).await;
     subs.send(&subscribe("a/#", QoS::AtLeastOnce, 1)).await;
-    assert!(matches!(subs.recv().await, Packet::SubAck(s) if s.packet_id == pid(1)));
+    assert!(matches!(subs.expect().await, Packet::SubAck(s) if s.packet_id == pid(1)));
 
     let mut pubs = Stream::open(&conn).await;
     pubs.send(&publish(
@@ -156,9 +73,9 @@ async fn replies_and_deliveries_use_the_stream_of_their_request() {
         Bytes::from_static(b"hi"),
     ))
     .await;
-    assert!(matches!(pubs.recv().await, Packet::PubAck(a) if a.packet_id == pid(7)));
+    assert!(matches!(pubs.expect().await, Packet::PubAck(a) if a.packet_id == pid(7)));
 
-    match subs.recv().await {
+    match subs.expect().await {
         Packet::Publish(p) => {
             assert_eq!(p.payload.as_ref(), b"hi");
             subs.send(&Packet::PubAck(Ack::new(
@@ -169,14 +86,14 @@ async fn replies_and_deliveries_use_the_stream_of_their_request() {
         other => panic!("delivery belongs on the SUBSCRIBE's stream: {other:?}"),
     }
     control.send(&Packet::PingReq).await;
-    assert!(matches!(control.recv().await, Packet::PingResp));
+    assert!(matches!(control.expect().await, Packet::PingResp));
 }
 
 #[tokio::test]
 async fn a_data_stream_opened_before_connack_waits_for_it() {
     let broker = TestBroker::start("multi-early").await;
     let ep = endpoint(&broker.ca, None);
-    let conn = quic(&broker, &ep).await;
+    let conn = quic::connect(&broker, &ep).await;
     let mut control = Stream::open(&conn).await;
     // Open the control stream on the wire first, then a data stream with a SUBSCRIBE,
     // then CONNECT: the SUBSCRIBE must wait until the session is authenticated.
@@ -186,23 +103,25 @@ async fn a_data_stream_opened_before_connack_waits_for_it() {
     control
         .send(&Packet::Connect(Box::new(connect(V5, "early", true, 30))))
         .await;
-    assert!(matches!(control.recv().await, Packet::ConnAck(c) if c.reason == ReasonCode::Success));
-    assert!(matches!(data.recv().await, Packet::SubAck(s) if s.packet_id == pid(3)));
+    assert!(
+        matches!(control.expect().await, Packet::ConnAck(c) if c.reason == ReasonCode::Success)
+    );
+    assert!(matches!(data.expect().await, Packet::SubAck(s) if s.packet_id == pid(3)));
 }
 
 #[tokio::test]
 async fn a_data_stream_reset_mid_qos2_flow_completes_on_the_control_stream_exactly_once() {
     let broker = TestBroker::start("multi-reset").await;
     let ep = endpoint(&broker.ca, None);
-    let conn = quic(&broker, &ep).await;
+    let conn = quic::connect(&broker, &ep).await;
     let mut control = Stream::open(&conn).await;
     let mut c = connect(V5, "resetter", false, 30);
     c.properties.session_expiry_interval = Some(300);
     control.send(&Packet::Connect(Box::new(c))).await;
-    assert!(matches!(control.recv().await, Packet::ConnAck(_)));
+    assert!(matches!(control.expect().await, Packet::ConnAck(_)));
     let mut data = Stream::open(&conn).await;
     data.send(&subscribe("x/#", QoS::ExactlyOnce, 1)).await;
-    assert!(matches!(data.recv().await, Packet::SubAck(_)));
+    assert!(matches!(data.expect().await, Packet::SubAck(_)));
 
     let mut publisher = tcp_publisher(&broker, "x-pub").await;
     publish_acked(
@@ -213,7 +132,7 @@ async fn a_data_stream_reset_mid_qos2_flow_completes_on_the_control_stream_exact
         Bytes::from_static(b"exactly"),
     )
     .await;
-    let first = match data.recv().await {
+    let first = match data.expect().await {
         Packet::Publish(p) => p,
         other => panic!("{other:?}"),
     };
@@ -224,7 +143,7 @@ async fn a_data_stream_reset_mid_qos2_flow_completes_on_the_control_stream_exact
     data.recv.stop(0u32.into()).expect("stop");
 
     // The session keeps the flow and resends it on the control stream, with DUP.
-    let again = match control.recv().await {
+    let again = match control.expect().await {
         Packet::Publish(p) => p,
         other => panic!("{other:?}"),
     };
@@ -234,11 +153,11 @@ async fn a_data_stream_reset_mid_qos2_flow_completes_on_the_control_stream_exact
         delivered.push(again.payload.clone());
     }
     control.send(&Packet::PubRec(Ack::new(id))).await;
-    assert!(matches!(control.recv().await, Packet::PubRel(a) if a.packet_id == id));
+    assert!(matches!(control.expect().await, Packet::PubRel(a) if a.packet_id == id));
     control.send(&Packet::PubComp(Ack::new(id))).await;
     control.send(&Packet::PingReq).await;
     assert!(
-        matches!(control.recv().await, Packet::PingResp),
+        matches!(control.expect().await, Packet::PingResp),
         "the connection survived"
     );
     assert_eq!(
@@ -253,18 +172,18 @@ async fn a_stalled_stream_never_delays_the_control_stream_or_other_data_streams(
     // The client's per-stream receive window is 8 KiB, and it never reads `slow`.
     let broker = TestBroker::start("multi-stall").await;
     let ep = endpoint(&broker.ca, Some(8 * 1024));
-    let conn = quic(&broker, &ep).await;
+    let conn = quic::connect(&broker, &ep).await;
     let mut control = Stream::open(&conn).await;
     control
         .send(&Packet::Connect(Box::new(connect(V5, "staller", true, 30))))
         .await;
-    assert!(matches!(control.recv().await, Packet::ConnAck(_)));
+    assert!(matches!(control.expect().await, Packet::ConnAck(_)));
     let mut slow = Stream::open(&conn).await;
     slow.send(&subscribe("big/#", QoS::AtMostOnce, 1)).await;
-    assert!(matches!(slow.recv().await, Packet::SubAck(_)));
+    assert!(matches!(slow.expect().await, Packet::SubAck(_)));
     let mut fast = Stream::open(&conn).await;
     fast.send(&subscribe("small/#", QoS::AtLeastOnce, 2)).await;
-    assert!(matches!(fast.recv().await, Packet::SubAck(_)));
+    assert!(matches!(fast.expect().await, Packet::SubAck(_)));
 
     let mut publisher = tcp_publisher(&broker, "staller-pub").await;
     let big = Bytes::from(vec![7u8; 4096]);
@@ -280,7 +199,7 @@ async fn a_stalled_stream_never_delays_the_control_stream_or_other_data_streams(
     }
     // `slow` is now blocked by flow control; control and `fast` still answer at once.
     control.send(&Packet::PingReq).await;
-    assert!(matches!(control.recv().await, Packet::PingResp));
+    assert!(matches!(control.expect().await, Packet::PingResp));
     publish_acked(
         &mut publisher,
         "small/y",
@@ -289,7 +208,7 @@ async fn a_stalled_stream_never_delays_the_control_stream_or_other_data_streams(
         Bytes::from_static(b"tiny"),
     )
     .await;
-    match tokio::time::timeout(Duration::from_secs(5), fast.recv()).await {
+    match tokio::time::timeout(Duration::from_secs(5), fast.expect()).await {
         Ok(Packet::Publish(p)) => assert_eq!(p.payload.as_ref(), b"tiny"),
         other => panic!("the small topic was held up: {other:?}"),
     }

@@ -197,3 +197,48 @@ pub fn tls_client_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
         .with_no_client_auth();
     Arc::new(config)
 }
+
+pub mod quic;
+
+/// A packet id for tests.
+pub fn pid(n: u16) -> twinmq::protocol::PacketId {
+    twinmq::protocol::PacketId::new(n).expect("test packet ids are non-zero")
+}
+
+/// A PUBLISH with no properties.
+pub fn publish_packet(
+    topic: &str,
+    qos_pid: twinmq::protocol::QosPid,
+    payload: impl Into<bytes::Bytes>,
+    retain: bool,
+) -> Packet {
+    Packet::Publish(twinmq::protocol::Publish {
+        dup: false,
+        qos_pid,
+        retain,
+        topic: twinmq::protocol::TopicName::new(topic).expect("valid test topic"),
+        payload: payload.into(),
+        properties: Properties::default(),
+    })
+}
+
+/// A SUBSCRIBE to one filter with the given options.
+pub fn subscribe_with(
+    filter: &str,
+    options: twinmq::protocol::SubscriptionOptions,
+    id: u16,
+) -> Packet {
+    Packet::Subscribe(twinmq::protocol::Subscribe {
+        packet_id: pid(id),
+        filters: vec![(
+            twinmq::protocol::TopicFilter::new(filter).expect("valid test filter"),
+            options,
+        )],
+        properties: Properties::default(),
+    })
+}
+
+/// A SUBSCRIBE to one filter at `qos`.
+pub fn subscribe_packet(filter: &str, qos: twinmq::protocol::QoS, id: u16) -> Packet {
+    subscribe_with(filter, twinmq::protocol::SubscriptionOptions::qos(qos), id)
+}
