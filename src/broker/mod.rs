@@ -7,6 +7,7 @@
 //!
 //! Both are plain data structures: no IO, no tokio, no clock reads (`now` is passed in).
 
+pub mod auth;
 pub mod client;
 pub mod core;
 pub mod index;
