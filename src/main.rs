@@ -64,6 +64,35 @@ enum Command {
     /// Subscribe and print messages (like mosquitto_sub), over TCP, TLS or QUIC.
     #[command(disable_help_flag = true)]
     Sub(twinmq::client::cli::SubArgs),
+    /// Add a user to a password file or change their password, or delete a user
+    /// (mosquitto_passwd's file format and options).
+    Passwd(PasswdArgs),
+}
+
+/// `twinmq passwd [-c] FILE USER`, `twinmq passwd [-c] -b FILE USER PASSWORD`,
+/// `twinmq passwd -D FILE USER`: the forms of `mosquitto_passwd`.
+#[derive(clap::Args)]
+struct PasswdArgs {
+    /// Take the password from the command line, after USER (batch mode), instead of
+    /// prompting for it (or reading one line from standard input when it is not a terminal).
+    #[arg(short = 'b', requires = "password")]
+    batch: bool,
+    /// Create a new file, replacing any existing one.
+    #[arg(short = 'c', conflicts_with = "delete")]
+    create: bool,
+    /// Delete USER instead of setting a password.
+    #[arg(short = 'D', conflicts_with = "batch")]
+    delete: bool,
+    /// PBKDF2-SHA512 iterations for the new hash.
+    #[arg(short = 'I', long = "iterations", default_value_t = twinmq::broker::auth::DEFAULT_ITERATIONS)]
+    iterations: std::num::NonZeroU32,
+    /// The password file.
+    file: PathBuf,
+    /// The user name.
+    user: String,
+    /// The password, with -b only.
+    #[arg(requires = "batch")]
+    password: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -95,7 +124,65 @@ fn main() -> ExitCode {
         },
         Command::Pub(args) => twinmq::client::cli::run_pub(args),
         Command::Sub(args) => twinmq::client::cli::run_sub(args),
+        Command::Passwd(args) => passwd(args),
     }
+}
+
+fn passwd(args: PasswdArgs) -> ExitCode {
+    use twinmq::broker::auth::password;
+
+    if args.delete {
+        return match password::delete_user(&args.file, &args.user) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err),
+        };
+    }
+    if let Err(err) = password::validate_username(&args.user) {
+        return fail(&err);
+    }
+    let secret = match args.password {
+        Some(secret) => secret,
+        None => match read_new_password() {
+            Ok(secret) => secret,
+            Err(message) => return fail(&message),
+        },
+    };
+    if secret.is_empty() {
+        return fail(&"empty password");
+    }
+    let rng = ring::rand::SystemRandom::new();
+    match password::set_password(
+        &args.file,
+        &args.user,
+        secret.as_bytes(),
+        args.iterations,
+        args.create,
+        &rng,
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+/// Prompts twice without echo on a terminal; otherwise reads one line from standard input.
+fn read_new_password() -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let second = rpassword::prompt_password("Reenter password: ").map_err(|e| e.to_string())?;
+        if first != second {
+            return Err("passwords do not match".to_string());
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string())
 }
 
 fn load(args: &ConfigArgs) -> Result<Config, config::ConfigError> {
