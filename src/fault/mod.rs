@@ -10,6 +10,7 @@
 //! Faults at the completion seam need no wrapper: `SendTicket::forged` builds late,
 //! duplicated and unknown completions, and the connection rejects them with a typed error.
 
+pub mod link;
 pub mod plan;
 pub mod schedule;
 pub mod stream;
