@@ -22,4 +22,5 @@ pub mod config;
 pub mod fault;
 pub mod protocol;
 pub mod server;
+pub mod store;
 pub mod transport;

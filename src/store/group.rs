@@ -1,0 +1,168 @@
+//! [`GroupCommitter`]: many batches, one fsync.
+//!
+//! ```text
+//!  submit(b1) ─┐                 window (group_commit)           spawn_blocking
+//!  submit(b2) ─┼─► channel ─► first batch ──── collect ────► commit b1+b2+b3 ──► fsync
+//!  submit(b3) ─┘                opens a window     more                 │
+//!                                                                       ▼
+//!                                         every submit of the group resolves with the result
+//! ```
+//!
+//! A window opens when a batch arrives and collects whatever else arrives before it closes
+//! (or until `max_batches`); then one write transaction applies them all, in submission
+//! order, and commits with an fsync. Batches that arrive during that fsync form the next
+//! group, so even a zero window groups under load while adding no delay when idle.
+//!
+//! Failure is shared: if the group's commit fails, nothing of it is applied and every
+//! submit of the group gets the error (after an I/O error the engine refuses further
+//! commits until the store is reopened, so the broker should treat it as fatal).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::batch::WriteBatch;
+use super::{Durability, Store, StoreError};
+
+/// How the committer groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommitConfig {
+    /// `Sync` or `Group` commit durably (the same here: a `sync` broker simply awaits each
+    /// submit before the next acknowledgement); `None` makes every submit a no-op.
+    pub durability: Durability,
+    /// How long a group stays open after its first batch (`storage.group_commit_ms`).
+    /// Zero takes only what is already waiting.
+    pub window: Duration,
+    /// Most batches in one group; a full group commits without waiting out the window.
+    pub max_batches: usize,
+    /// Batches that may wait for the committer before `submit` waits to hand one over
+    /// (backpressure on publishers rather than unbounded memory).
+    pub queue: usize,
+}
+
+impl GroupCommitConfig {
+    pub fn new(durability: Durability, window: Duration) -> GroupCommitConfig {
+        GroupCommitConfig {
+            durability,
+            window,
+            max_batches: 4096,
+            queue: 8192,
+        }
+    }
+}
+
+/// A handle for submitting batches; clone it freely. The committer task ends when every
+/// handle is dropped and the batches already submitted are committed.
+#[derive(Debug, Clone)]
+pub struct GroupCommitter {
+    jobs: mpsc::Sender<Job>,
+    durability: Durability,
+    store: Arc<Store>,
+}
+
+/// The committer task; [`CommitterTask::join`] waits for it to finish.
+#[derive(Debug)]
+pub struct CommitterTask(JoinHandle<()>);
+
+#[derive(Debug)]
+struct Job {
+    batch: WriteBatch,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl GroupCommitter {
+    /// Starts the committer task on the current tokio runtime (panics outside one, as
+    /// `tokio::spawn` does). With [`Durability::None`] no task does any work: submits
+    /// resolve at once.
+    pub fn spawn(store: Arc<Store>, config: GroupCommitConfig) -> (GroupCommitter, CommitterTask) {
+        let (jobs, rx) = mpsc::channel(config.queue.max(1));
+        let task = tokio::spawn(run(Arc::clone(&store), rx, config));
+        let committer = GroupCommitter {
+            jobs,
+            durability: config.durability,
+            store,
+        };
+        (committer, CommitterTask(task))
+    }
+
+    /// Resolves once `batch` is committed: durably (on disk) for `Sync` and `Group`;
+    /// immediately, without touching the store, for `None` (memory-only mode: the broker's
+    /// in-memory state is the only copy). An empty batch resolves immediately.
+    ///
+    /// Cancel safety: dropping the future before it resolves never applies part of the
+    /// batch. Once handed to the committer (the first await point that completes) the
+    /// batch is committed anyway, and the caller only loses the result; before that it is
+    /// dropped unapplied.
+    pub async fn submit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self.durability == Durability::None || batch.is_empty() {
+            return Ok(());
+        }
+        let (done, result) = oneshot::channel();
+        let stopped = || StoreError::CommitterStopped {
+            path: self.store.path().to_path_buf(),
+        };
+        self.jobs
+            .send(Job { batch, done })
+            .await
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// The store the committer writes to (for [`Store::usage`]).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
+impl CommitterTask {
+    /// Waits until every [`GroupCommitter`] handle is dropped and the last group is
+    /// committed.
+    pub async fn join(self) {
+        if let Err(err) = self.0.await {
+            tracing::error!("store committer task failed: {err}");
+        }
+    }
+}
+
+async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, config: GroupCommitConfig) {
+    let max_batches = config.max_batches.max(1);
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        let closes = tokio::time::Instant::now() + config.window;
+        while group.len() < max_batches {
+            match rx.try_recv() {
+                Ok(job) => {
+                    group.push(job);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) if config.window.is_zero() => break,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            match tokio::time::timeout_at(closes, rx.recv()).await {
+                Ok(Some(job)) => group.push(job),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let (batches, waiters): (Vec<WriteBatch>, Vec<_>) =
+            group.into_iter().map(|job| (job.batch, job.done)).unzip();
+        let committing = Arc::clone(&store);
+        let result = tokio::task::spawn_blocking(move || committing.commit_batches(&batches, true))
+            .await
+            .unwrap_or_else(|err| {
+                Err(StoreError::Storage {
+                    path: store.path().to_path_buf(),
+                    detail: format!("the commit task failed: {err}"),
+                })
+            });
+        if let Err(err) = &result {
+            tracing::error!("group commit of {} batches failed: {err}", waiters.len());
+        }
+        for done in waiters {
+            // A submitter that went away only loses the result.
+            let _ = done.send(result.clone());
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! [`Store::recover`]: what a restarted broker resumes.
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use crate::broker::retained::RetainedMessage;
+use crate::protocol::{InflightMessage, SessionSnapshot};
+
+use super::encoding::{decode_meta, decode_retained, decode_row, RowKind, WallMillis};
+use super::record::{
+    ExpiredSessionWill, Now, PendingWill, Recovered, RecoveredSession, RecoveryReport,
+    NEVER_EXPIRES,
+};
+use super::tables::{row_key_bytes, row_range, Tables, MESSAGES, RETAINED, SESSIONS};
+use super::{guard_panics, Store, StoreError};
+
+/// What recovery drops from the file.
+#[derive(Default)]
+struct Cleanup {
+    sessions: Vec<String>,
+    rows: Vec<(String, u64)>,
+    retained: Vec<String>,
+}
+
+impl Store {
+    /// Loads every session and retained message, as of `now`:
+    ///
+    /// - a session whose expiry interval has run out since it went offline is dropped with
+    ///   its messages (a session that was connected when the broker stopped counts as
+    ///   going offline at `now`); its pending will, if any, is returned as due now;
+    /// - a queued message past its message expiry is dropped [MQTT-3.3.2-5]; an in-flight
+    ///   one is kept (its delivery has begun; a released QoS 2 flow must still complete);
+    /// - an expired retained message is dropped.
+    ///
+    /// What is dropped is also removed from the file, in one durable commit. Logs one
+    /// summary line ([`RecoveryReport`]'s `Display`) at info level. A record that does not
+    /// decode fails the whole recovery with [`StoreError::Corrupt`] naming it: nothing is
+    /// silently skipped. Blocking, like [`Store::commit`].
+    pub fn recover(&self, now: Now) -> Result<Recovered, StoreError> {
+        let recovered = guard_panics(&self.path, "recovering from", || self.load(now))?;
+        tracing::info!(path = %self.path.display(), "recovered store: {}", recovered.report);
+        Ok(recovered)
+    }
+
+    fn load(&self, now: Now) -> Result<Recovered, StoreError> {
+        let path = &self.path;
+        let read_err = |e: redb::Error| StoreError::from_redb(path, "read", e);
+        let corrupt =
+            |what: String, detail: String| StoreError::corrupt(path, format!("{what}: {detail}"));
+        let now_wall = WallMillis::from_system(now.system);
+
+        let txn = self
+            .database()
+            .begin_read()
+            .map_err(|e| read_err(e.into()))?;
+        let sessions_table = txn.open_table(SESSIONS).map_err(|e| read_err(e.into()))?;
+        let messages_table = txn.open_table(MESSAGES).map_err(|e| read_err(e.into()))?;
+        let retained_table = txn.open_table(RETAINED).map_err(|e| read_err(e.into()))?;
+
+        let mut report = RecoveryReport::default();
+        let mut cleanup = Cleanup::default();
+        let mut sessions = Vec::new();
+        let mut wills_of_expired_sessions = Vec::new();
+
+        for entry in sessions_table.iter().map_err(|e| read_err(e.into()))? {
+            let (key, value) = entry.map_err(|e| read_err(e.into()))?;
+            let client_id = key.value().to_string();
+            let meta = decode_meta(value.value())
+                .map_err(|d| corrupt(format!("session {client_id:?}"), d))?;
+            let offline_since = meta.offline_since.unwrap_or(now_wall);
+            let ends = (meta.expiry_interval != NEVER_EXPIRES)
+                .then(|| offline_since.plus_secs(meta.expiry_interval));
+            if ends.is_some_and(|ends| ends <= now_wall) {
+                report.expired_sessions += 1;
+                let rows = messages_table
+                    .range(row_range(&client_id))
+                    .map_err(|e| read_err(e.into()))?;
+                report.messages_of_expired_sessions += rows.count() as u64;
+                if let Some((will, _)) = meta.will {
+                    report.wills_due += 1;
+                    wills_of_expired_sessions.push(ExpiredSessionWill {
+                        client_id: client_id.clone(),
+                        will,
+                    });
+                }
+                cleanup.sessions.push(client_id);
+                continue;
+            }
+
+            let mut state = SessionSnapshot {
+                inflight: Vec::new(),
+                queue: Vec::new(),
+                awaiting_pubrel: meta.awaiting_pubrel,
+            };
+            let rows = messages_table
+                .range(row_range(&client_id))
+                .map_err(|e| read_err(e.into()))?;
+            for row in rows {
+                let (key, value) = row.map_err(|e| read_err(e.into()))?;
+                let seq = key.value().1;
+                let row = decode_row(value.value())
+                    .map_err(|d| corrupt(format!("session {client_id:?} message {seq}"), d))?;
+                let expired = row.expires_at.is_some_and(|at| at <= now_wall);
+                if expired && row.kind == RowKind::Queued {
+                    report.expired_messages += 1;
+                    cleanup.rows.push((client_id.clone(), seq));
+                    continue;
+                }
+                let mut message = row.delivery;
+                // Beyond what an Instant can hold: it never comes.
+                message.expires_at = row.expires_at.and_then(|at| now.instant(at));
+                report.messages += 1;
+                match row.kind {
+                    RowKind::Queued => state.queue.push(message),
+                    RowKind::Inflight {
+                        packet_id,
+                        released,
+                    } => state.inflight.push(InflightMessage {
+                        packet_id,
+                        message,
+                        released,
+                    }),
+                }
+            }
+
+            let will = meta.will.map(|(will, due)| {
+                report.wills += 1;
+                PendingWill {
+                    will,
+                    // A will delay is at most u32::MAX seconds, which an Instant holds.
+                    due: now
+                        .instant(due)
+                        .map_or(now.instant, |due| due.max(now.instant)),
+                }
+            });
+            report.sessions += 1;
+            sessions.push(RecoveredSession {
+                client_id,
+                expiry_interval: meta.expiry_interval,
+                offline_since: now.instant(offline_since).unwrap_or(now.instant),
+                expires_at: ends.and_then(|ends| now.instant(ends)),
+                subscriptions: meta.subscriptions,
+                will,
+                state,
+            });
+        }
+
+        let mut retained = Vec::new();
+        for entry in retained_table.iter().map_err(|e| read_err(e.into()))? {
+            let (key, value) = entry.map_err(|e| read_err(e.into()))?;
+            let topic = key.value();
+            let stored = decode_retained(value.value())
+                .map_err(|d| corrupt(format!("retained message on {topic:?}"), d))?;
+            if stored.publish.topic.as_str() != topic {
+                return Err(corrupt(
+                    format!("retained message on {topic:?}"),
+                    format!("it holds a message on {:?}", stored.publish.topic),
+                ));
+            }
+            if stored.expires_at.is_some_and(|at| at <= now_wall) {
+                report.expired_retained += 1;
+                cleanup.retained.push(topic.to_string());
+                continue;
+            }
+            report.retained += 1;
+            retained.push(RetainedMessage {
+                qos: stored.publish.qos(),
+                topic: stored.publish.topic,
+                payload: stored.publish.payload,
+                properties: stored.publish.properties,
+                expires_at: stored.expires_at.and_then(|at| now.instant(at)),
+            });
+        }
+
+        drop((sessions_table, messages_table, retained_table));
+        drop(txn);
+        self.remove(cleanup)?;
+        Ok(Recovered {
+            sessions,
+            retained,
+            wills_of_expired_sessions,
+            report,
+        })
+    }
+
+    /// Removes what recovery dropped, in one durable commit.
+    fn remove(&self, cleanup: Cleanup) -> Result<(), StoreError> {
+        if cleanup.sessions.is_empty() && cleanup.rows.is_empty() && cleanup.retained.is_empty() {
+            return Ok(());
+        }
+        let path = &self.path;
+        let write_err = |e: redb::Error| StoreError::from_redb(path, "write", e);
+        let txn = self
+            .database()
+            .begin_write()
+            .map_err(|e| write_err(e.into()))?;
+        let mut removed = 0usize;
+        {
+            let mut tables = Tables::open(&txn).map_err(write_err)?;
+            for client_id in &cleanup.sessions {
+                if let Some(old) = tables
+                    .sessions
+                    .remove(client_id.as_str())
+                    .map_err(|e| write_err(e.into()))?
+                {
+                    removed += client_id.len() + old.value().len();
+                }
+                removed += tables.remove_rows(client_id).map_err(write_err)?;
+            }
+            for (client_id, seq) in &cleanup.rows {
+                if let Some(old) = tables
+                    .messages
+                    .remove((client_id.as_str(), *seq))
+                    .map_err(|e| write_err(e.into()))?
+                {
+                    removed += row_key_bytes(client_id) + old.value().len();
+                }
+            }
+            for topic in &cleanup.retained {
+                if let Some(old) = tables
+                    .retained
+                    .remove(topic.as_str())
+                    .map_err(|e| write_err(e.into()))?
+                {
+                    removed += topic.len() + old.value().len();
+                }
+            }
+        }
+        txn.commit()
+            .map_err(|e| StoreError::from_redb(path, "commit to", e.into()))?;
+        self.add_live_bytes(-i64::try_from(removed).unwrap_or(i64::MAX));
+        self.count_commit(true, 0);
+        Ok(())
+    }
+}
