@@ -1,0 +1,168 @@
+//! The group committer: concurrent submits share fsyncs, each submit resolves only once its
+//! batch is committed, and `none` durability never touches the store.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use twinmq::broker::retained::RetainedMessage;
+use twinmq::protocol::{Properties, QoS, TopicName};
+use twinmq::store::{
+    Durability, GroupCommitConfig, GroupCommitter, Now, Store, StoreOptions, WriteBatch,
+};
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "twinmq-store-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn now() -> Now {
+    Now::new(Instant::now(), SystemTime::now())
+}
+
+fn retained_batch(i: usize) -> WriteBatch {
+    let mut batch = WriteBatch::new(now());
+    batch
+        .put_retained(&RetainedMessage {
+            topic: TopicName::new(&format!("group/{i}")).expect("topic"),
+            payload: Bytes::from(vec![b'x'; 64]),
+            qos: QoS::AtLeastOnce,
+            properties: Properties::default(),
+            expires_at: None,
+        })
+        .expect("encodes");
+    batch
+}
+
+fn store(dir: &TempDir) -> Arc<Store> {
+    Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("opens"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submits_share_fsyncs() {
+    const N: usize = 64;
+    let dir = TempDir::new("group");
+    let store = store(&dir);
+    let before = store.stats();
+    let (committer, task) = GroupCommitter::spawn(
+        Arc::clone(&store),
+        GroupCommitConfig::new(Durability::Group, Duration::from_millis(5)),
+    );
+    let submits: Vec<_> = (0..N)
+        .map(|i| {
+            let committer = committer.clone();
+            tokio::spawn(async move { committer.submit(retained_batch(i)).await })
+        })
+        .collect();
+    for submit in submits {
+        submit.await.expect("task").expect("committed");
+    }
+    let after = store.stats();
+    let commits = after.durable_commits - before.durable_commits;
+    assert_eq!(after.batches - before.batches, N as u64);
+    assert!(
+        (1..N as u64).contains(&commits),
+        "{N} submits took {commits} fsync commits"
+    );
+    println!("{N} concurrent submits: {commits} durable commits");
+
+    // Every submit that resolved is in the file.
+    drop(committer);
+    task.join().await;
+    let recovered = store.recover(now()).expect("recovers");
+    assert_eq!(recovered.retained.len(), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_submit_is_committed() {
+    let dir = TempDir::new("resolved");
+    let store = store(&dir);
+    let (committer, _task) = GroupCommitter::spawn(
+        Arc::clone(&store),
+        GroupCommitConfig::new(Durability::Sync, Duration::ZERO),
+    );
+    for i in 0..5 {
+        committer
+            .submit(retained_batch(i))
+            .await
+            .expect("committed");
+        // Visible to a new read the moment submit resolves.
+        assert_eq!(store.recover(now()).expect("reads").retained.len(), i + 1);
+    }
+    assert_eq!(
+        store.stats().durable_commits,
+        5,
+        "one commit each when sequential"
+    );
+    committer
+        .submit(WriteBatch::new(now()))
+        .await
+        .expect("empty batch");
+    assert_eq!(
+        store.stats().durable_commits,
+        5,
+        "an empty batch commits nothing"
+    );
+}
+
+#[tokio::test]
+async fn none_durability_never_touches_the_store() {
+    let dir = TempDir::new("none");
+    let store = store(&dir);
+    let (committer, task) = GroupCommitter::spawn(
+        Arc::clone(&store),
+        GroupCommitConfig::new(Durability::None, Duration::from_millis(5)),
+    );
+    committer.submit(retained_batch(0)).await.expect("resolves");
+    assert_eq!(store.stats().commits, 0);
+    assert!(store.recover(now()).expect("reads").retained.is_empty());
+    drop(committer);
+    task.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_window_holds_a_group_open_for_late_batches() {
+    let dir = TempDir::new("window");
+    let store = store(&dir);
+    let (committer, _task) = GroupCommitter::spawn(
+        Arc::clone(&store),
+        GroupCommitConfig::new(Durability::Group, Duration::from_millis(50)),
+    );
+    let first = tokio::spawn({
+        let committer = committer.clone();
+        async move { committer.submit(retained_batch(0)).await }
+    });
+    // Arrives 20 ms into the 50 ms window: same group.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = tokio::spawn({
+        let committer = committer.clone();
+        async move { committer.submit(retained_batch(1)).await }
+    });
+    first.await.expect("task").expect("committed");
+    second.await.expect("task").expect("committed");
+    let stats = store.stats();
+    assert_eq!((stats.durable_commits, stats.batches), (1, 2));
+}
