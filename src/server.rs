@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::broker::auth::{Acl, AuthError, Authenticator};
 use crate::broker::{Broker, BrokerConfig, BrokerService};
 use crate::config::{self, Config, ConfigError};
 use crate::fault::udp::UdpFaults;
@@ -25,6 +26,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Quic(#[from] quic::QuicError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("cannot bind {key} to {addr}: {source}")]
     Bind {
         key: &'static str,
@@ -63,7 +66,7 @@ impl Server {
                 "FAULT INJECTION IS ON: this broker misbehaves on purpose"
             );
         }
-        let broker = Broker::new(broker_config(config));
+        let broker = Broker::new(broker_config(config)?);
         broker.start();
         let service: Arc<dyn Service> = Arc::new(BrokerService(Arc::clone(&broker)));
         let limits = Limits {
@@ -146,15 +149,20 @@ impl Server {
 }
 
 /// The broker settings a configuration implies.
-pub fn broker_config(config: &Config) -> BrokerConfig {
+pub fn broker_config(config: &Config) -> Result<BrokerConfig, ServerError> {
     let connection = config.connection_config();
-    BrokerConfig {
+    Ok(BrokerConfig {
         // A takeover waits for the old connection's last write at most its send timeout.
         takeover_wait: connection.send_timeout + Duration::from_secs(5),
         connection,
         sys_interval: (!config.sys.interval.is_zero()).then_some(config.sys.interval),
+        authenticator: Arc::new(Authenticator::load(
+            &config.auth,
+            config.anonymous_allowed(),
+        )?),
+        acl: Acl::from_settings(&config.auth)?,
         ..BrokerConfig::default()
-    }
+    })
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {

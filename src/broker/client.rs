@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::auth::{certificate_common_name, Action, ClientAcl};
 use super::core::{Broker, Stats};
 use super::index::ClientId;
 use super::session::SessionKey;
@@ -51,6 +52,8 @@ pub async fn serve(broker: Arc<Broker>, accepted: Accepted, info: PeerInfo) {
         key: None,
         connecting: None,
         span: span.clone(),
+        client_cert: info.client_cert.clone(),
+        acl: Arc::new(ClientAcl::allow_all()),
     };
     let conn = match accepted {
         Accepted::Stream(io) => {
@@ -86,6 +89,10 @@ struct ClientHandler {
     /// The task resolving takeover and resuming the session.
     connecting: Option<JoinHandle<bool>>,
     span: tracing::Span,
+    /// The verified client certificate (mTLS), whose common name is an identity.
+    client_cert: Option<rustls_pki_types::CertificateDer<'static>>,
+    /// What this client may do, from the ACL, once authenticated.
+    acl: Arc<ClientAcl>,
 }
 
 impl EventSink for ClientHandler {
@@ -93,6 +100,15 @@ impl EventSink for ClientHandler {
         match event {
             Event::Connect(connect) => self.on_connect(conn, now, *connect),
             Event::Publish { message, ack } => {
+                let topic = message.topic.as_str();
+                // $SYS is the broker's own; clients may not publish there (as in mosquitto).
+                if topic.starts_with("$SYS") || !self.acl.check(Action::Publish, topic) {
+                    tracing::info!(%topic, "publish refused by the ACL");
+                    if let Some(ack) = ack {
+                        conn.accept_publish(now, ack, ReasonCode::NotAuthorized);
+                    }
+                    return;
+                }
                 let matched = self.broker.publish(self.key.as_ref(), &message, now);
                 if let Some(ack) = ack {
                     let reason = if matched == 0 && conn.version() == Some(ProtocolVersion::V5) {
@@ -105,7 +121,7 @@ impl EventSink for ClientHandler {
             }
             Event::Subscribe(subscribe) => {
                 let Some(key) = &self.key else { return };
-                let (suback, retained) = self.broker.subscribe(key, subscribe, now);
+                let (suback, retained) = self.broker.subscribe(key, &self.acl, subscribe, now);
                 conn.send_suback(now, suback);
                 for delivery in retained {
                     conn.deliver(now, delivery);
@@ -159,8 +175,34 @@ impl ClientHandler {
             None => ClientId::from(&connect.client_id),
         };
         self.span.record("client_id", id.as_str());
+        let cert_name = self
+            .client_cert
+            .as_ref()
+            .and_then(|cert| certificate_common_name(cert.as_ref()));
+        let identity = match self.broker.config.authenticator.authenticate(
+            connect.username.as_ref().map(|u| u.as_str()),
+            connect.password.as_deref(),
+            cert_name.as_deref(),
+        ) {
+            Ok(identity) => identity,
+            Err(code) => {
+                tracing::info!(reason = %code, "CONNECT refused: authentication");
+                let _ = conn.reject_connect(now, code);
+                return;
+            }
+        };
+        let acl = Arc::new(self.broker.config.acl.for_client(&identity, id.as_str()));
+        if let Some(will) = &connect.will {
+            if !acl.check(Action::Publish, will.topic.as_str()) {
+                tracing::info!(topic = %will.topic, "CONNECT refused: the ACL forbids the will topic");
+                let _ = conn.reject_connect(now, ReasonCode::NotAuthorized);
+                return;
+            }
+        }
+        self.acl = Arc::clone(&acl);
         tracing::info!(version = %connect.protocol, clean_start = connect.clean_start, keep_alive = connect.keep_alive, "CONNECT");
         let entry = self.broker.registry.entry(&id);
+        entry.set_acl(acl);
         let key = SessionKey::new(Arc::clone(&entry));
         self.key = Some(key.clone());
         let broker = Arc::clone(&self.broker);

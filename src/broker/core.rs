@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::auth::{Acl, Action, Authenticator, ClientAcl};
 use super::index::{parse_shared, SharedFilter, SharedIndex};
 use super::retained::{RetainedMessage, RetainedStore};
 use super::session::{Delivered, Registry, SessionKey};
@@ -26,6 +27,10 @@ pub struct BrokerConfig {
     pub sys_interval: Option<Duration>,
     /// How often offline sessions are checked for expiry.
     pub expiry_sweep: Duration,
+    /// Who may connect (password file, client certificates, anonymous access).
+    pub authenticator: Arc<Authenticator>,
+    /// What each client may publish, subscribe to and receive.
+    pub acl: Acl,
 }
 
 impl Default for BrokerConfig {
@@ -35,6 +40,8 @@ impl Default for BrokerConfig {
             takeover_wait: Duration::from_secs(35),
             sys_interval: Some(Duration::from_secs(10)),
             expiry_sweep: Duration::from_secs(1),
+            authenticator: Arc::new(Authenticator::new(None, true)),
+            acl: Acl::allow_all(),
         }
     }
 }
@@ -184,6 +191,7 @@ impl Broker {
                     Stats::add(&self.stats.messages_dropped, 1);
                 }
                 Delivered::Dropped => Stats::add(&self.stats.messages_dropped, 1),
+                Delivered::Refused => {}
             }
         }
         count
@@ -210,6 +218,7 @@ impl Broker {
     pub(crate) fn subscribe(
         &self,
         client: &SessionKey,
+        acl: &ClientAcl,
         subscribe: Subscribe,
         now: Instant,
     ) -> (SubAck, Vec<Delivery>) {
@@ -222,6 +231,11 @@ impl Broker {
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
         for (filter, mut options) in subscribe.filters {
+            if !acl.check(Action::Subscribe, filter.as_str()) {
+                tracing::info!(%filter, "subscription refused by the ACL");
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             options.qos = options.qos.min(max_qos);
             let outcome = self.index.subscribe(client, &filter, options, identifier);
             let Ok(outcome) = outcome else {
@@ -238,6 +252,9 @@ impl Broker {
             // Retained messages are not sent for shared subscriptions [MQTT-4.8.2].
             if send_retained && !shared {
                 for message in self.retained().matching(&filter, now) {
+                    if !acl.check(Action::Receive, message.topic.as_str()) {
+                        continue;
+                    }
                     retained.push(Delivery {
                         topic: message.topic.clone(),
                         payload: message.payload.clone(),

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 
+use crate::broker::auth::{Action, ClientAcl};
 use crate::broker::index::ClientId;
 use crate::protocol::{Delivery, QoS, QueueLimit, SessionState};
 use crate::transport::Command;
@@ -58,6 +59,9 @@ pub struct SessionEntry {
     /// and stands down if the client came back.
     epoch: AtomicU64,
     queue_limit: QueueLimit,
+    /// What the client may receive (ACL), set when it connects; checked on every delivery,
+    /// live or queued.
+    acl: std::sync::RwLock<Option<Arc<ClientAcl>>>,
 }
 
 impl fmt::Debug for SessionEntry {
@@ -113,6 +117,8 @@ pub enum Delivered {
     Queued,
     QueuedDroppingOldest,
     Dropped,
+    /// The client's ACL does not let it receive this topic.
+    Refused,
 }
 
 impl SessionEntry {
@@ -127,7 +133,13 @@ impl SessionEntry {
             offline: Notify::new(),
             epoch: AtomicU64::new(0),
             queue_limit,
+            acl: std::sync::RwLock::new(None),
         }
+    }
+
+    /// Sets what the client may receive (at each connect: the rules follow the identity).
+    pub fn set_acl(&self, acl: Arc<ClientAcl>) {
+        *self.acl.write().unwrap_or_else(|p| p.into_inner()) = Some(acl);
     }
 
     pub fn client_id(&self) -> &ClientId {
@@ -149,6 +161,13 @@ impl SessionEntry {
     /// Hands a message to the session: to the connection if online, into the offline
     /// queue otherwise (QoS 0 is not queued for offline clients, as in mosquitto).
     pub fn deliver(&self, delivery: Delivery) -> Delivered {
+        let allowed = match &*self.acl.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(acl) => acl.check(Action::Receive, delivery.topic.as_str()),
+            None => true,
+        };
+        if !allowed {
+            return Delivered::Refused;
+        }
         let mut slot = self.slot();
         match &mut *slot {
             // The task keeps its mailbox open until it has flipped the slot to Offline

@@ -43,6 +43,8 @@ impl fmt::Display for TransportKind {
 pub struct PeerInfo {
     pub transport: TransportKind,
     pub peer: SocketAddr,
+    /// The client certificate the TLS layer verified (mTLS), DER-encoded.
+    pub client_cert: Option<rustls_pki_types::CertificateDer<'static>>,
 }
 
 /// A byte stream of any transport.
@@ -118,7 +120,16 @@ pub async fn run_tls(
             let acceptor = acceptor.clone();
             async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
-                    Ok(Ok(tls)) => service.serve(Accepted::Stream(Box::new(tls)), info).await,
+                    Ok(Ok(tls)) => {
+                        let mut info = info;
+                        info.client_cert = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|certs| certs.first())
+                            .map(|cert| cert.clone().into_owned());
+                        service.serve(Accepted::Stream(Box::new(tls)), info).await
+                    }
                     Ok(Err(err)) => {
                         tracing::info!(peer = %info.peer, transport = %info.transport, error = %err, "TLS handshake failed");
                     }
@@ -162,7 +173,11 @@ async fn accept_loop<F, Fut>(
                 if let Err(err) = tcp.set_nodelay(true) {
                     tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
                 }
-                let info = PeerInfo { transport: kind, peer };
+                let info = PeerInfo {
+                    transport: kind,
+                    peer,
+                    client_cert: None,
+                };
                 let io: BoxedIo = match &limits.stream_faults {
                     Some(faults) => Box::new(FaultyStream::new(tcp, faults.clone())),
                     None => Box::new(tcp),

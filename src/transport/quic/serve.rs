@@ -33,6 +33,14 @@ pub async fn serve_connection(
     let info = PeerInfo {
         transport: TransportKind::Quic,
         peer,
+        client_cert: connection
+            .peer_identity()
+            .and_then(|identity| {
+                identity
+                    .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|certs| certs.first().cloned()),
     };
     let accepted = Accepted::Quic {
         connection: connection.clone(),
