@@ -105,7 +105,7 @@ fn a_second_open_in_the_same_process_is_locked() {
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     assert_names_file(&err, &dir);
     assert!(err.to_string().contains("another running twinmq"), "{err}");
-    drop(first);
+    first.close().expect("closes");
     open(&dir).expect("opens once the first is closed");
 }
 

@@ -34,6 +34,97 @@
 //! Durability of a commit is one of [`Durability`]: `Sync` and `Group` fsync before the
 //! commit returns (they differ in how the broker batches: one commit per acknowledgement,
 //! or one per group); `None` commits to memory only.
+//!
+//! # How the broker uses it
+//!
+//! Only persistent sessions (clean start false or session expiry > 0) and QoS 1/2 messages
+//! are written; QoS 0 and clean sessions never touch the store. In `none` mode the broker
+//! need not build batches at all.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use bytes::Bytes;
+//! use twinmq::broker::retained::RetainedMessage;
+//! use twinmq::protocol::{Delivery, Properties, QoS, SessionState, TopicName};
+//! use twinmq::store::{
+//!     Durability, GroupCommitConfig, GroupCommitter, Now, SessionRecord, Store,
+//!     StoreOptions, WriteBatch,
+//! };
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let data_dir = std::env::temp_dir().join(format!("twinmq-store-doc-{}", std::process::id()));
+//! # let runtime = tokio::runtime::Runtime::new()?;
+//! # runtime.block_on(async {
+//! // (d) Start-up: open (fails with a clear error if locked, damaged or another schema),
+//! // recover, then start the committer.
+//! let store = Arc::new(Store::open(&data_dir, StoreOptions::default())?);
+//! let recovered = store.recover(Now::from_clocks())?;
+//! for session in recovered.sessions {
+//!     // SessionState::restore(session.state); re-add session.subscriptions to the index;
+//!     // expire it at session.expires_at; schedule session.will (due at will.due).
+//!     let _state = SessionState::restore(session.state);
+//! }
+//! for _message in recovered.retained { /* retained_store.set(message) */ }
+//! for _will in recovered.wills_of_expired_sessions { /* publish _will.will now */ }
+//! let config = GroupCommitConfig::new(Durability::Group, Duration::from_millis(2));
+//! let (committer, _task) = GroupCommitter::spawn(Arc::clone(&store), config);
+//!
+//! // (b) A persistent session goes offline: write it whole, with when it left.
+//! let now = Now::from_clocks();
+//! let state = SessionState::new();
+//! let mut batch = WriteBatch::new(now);
+//! batch.put_session("sensor-7", &SessionRecord {
+//!     expiry_interval: 3600,
+//!     offline_since: Some(now.instant),
+//!     subscriptions: Vec::new(),
+//!     will: None,
+//!     state: state.snapshot(),
+//! })?;
+//! committer.submit(batch).await?;
+//! // Coming back online: the same with `offline_since: None` (so a crash while it is
+//! // connected does not count its expiry from the old disconnect); a clean start, or a
+//! // session that ended: `batch.delete_session("sensor-7")`.
+//!
+//! // (a) An inbound QoS 1/2 PUBLISH: for each offline persistent subscriber the message
+//! // was queued for, append it (a queue that dropped its oldest: pop_queued first);
+//! // a retained PUBLISH also sets or clears the retained message. Submit, and only
+//! // when the submit resolves send the PUBACK (QoS 1) or PUBREC (QoS 2).
+//! let topic = TopicName::new("plant/line-4/temperature")?;
+//! let delivery = Delivery {
+//!     topic: topic.clone(),
+//!     payload: Bytes::from_static(b"21.5"),
+//!     qos: QoS::AtLeastOnce,
+//!     retain: false,
+//!     properties: Arc::new(Properties::default()),
+//!     subscription_ids: Vec::new(),
+//!     shared: None,
+//!     expires_at: None,
+//! };
+//! let now = Now::from_clocks();
+//! let mut batch = WriteBatch::new(now);
+//! batch.append_queued("sensor-7", &delivery)?;
+//! // (c) Retained set (a retained PUBLISH) or clear (empty payload).
+//! batch.put_retained(&RetainedMessage::new(
+//!     topic.clone(),
+//!     Bytes::from_static(b"21.5"),
+//!     QoS::AtLeastOnce,
+//!     Properties::default(),
+//!     now.instant,
+//! ))?;
+//! committer.submit(batch).await?; // durable: release the PUBACK now
+//!
+//! let mut batch = WriteBatch::new(Now::from_clocks());
+//! batch.delete_retained(&topic);
+//! committer.submit(batch).await?;
+//! # drop((committer, store));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # let _ = std::fs::remove_dir_all(&data_dir);
+//! # Ok(())
+//! # }
+//! ```
 
 mod batch;
 mod encoding;
@@ -160,6 +251,14 @@ impl Store {
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Closes the file and releases its lock, reporting an error that dropping the store
+    /// would ignore.
+    pub fn close(self) -> Result<(), StoreError> {
+        let Store { db, path, .. } = self;
+        db.close()
+            .map_err(|e| StoreError::from_redb(&path, "close", e.into()))
     }
 
     /// Applies `batch` in one write transaction. Blocks until the commit returns, after the
