@@ -17,6 +17,7 @@ use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+use super::link::LinkPlan;
 use super::stream::StreamFaults;
 use super::udp::UdpFaults;
 
@@ -30,6 +31,10 @@ pub struct FaultPlan {
     pub stream: StreamFaults,
     #[serde(default)]
     pub udp: UdpFaults,
+    /// Packet impairments on the namespace link (`[link]`; needs root; the stability
+    /// bench builds the link and runs the broker behind it).
+    #[serde(default)]
+    pub link: Option<LinkPlan>,
 }
 
 /// A plan that could not be read.
@@ -48,16 +53,31 @@ impl FaultPlan {
                 detail: "no such file".to_string(),
             });
         }
-        Figment::from(Toml::file(path))
-            .extract()
-            .map_err(|e| FaultPlanError {
+        let plan: FaultPlan =
+            Figment::from(Toml::file(path))
+                .extract()
+                .map_err(|e| FaultPlanError {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })?;
+        if let Some(link) = &plan.link {
+            link.validate().map_err(|e| FaultPlanError {
                 path: path.to_path_buf(),
                 detail: e.to_string(),
-            })
+            })?;
+        }
+        Ok(plan)
+    }
+
+    /// The link plan, seeded from the plan's seed unless it has its own.
+    pub fn link_plan(&self) -> Option<LinkPlan> {
+        self.link.clone().map(|l| l.with_default_seed(self.seed))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.stream.is_empty() && self.udp == UdpFaults::default()
+        self.stream.is_empty()
+            && self.udp == UdpFaults::default()
+            && self.link.as_ref().map_or(true, LinkPlan::is_empty)
     }
 }
 

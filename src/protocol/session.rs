@@ -168,6 +168,10 @@ pub struct SessionState {
     /// Inbound QoS 2 publishes the broker has taken, awaiting the client's PUBREL.
     pub(crate) inbound_qos2: BTreeSet<PacketId>,
     pub(crate) drops: DropCounts,
+    /// False when no outbound flow is `Queued`: then the window is every flow and there is
+    /// nothing to resend, both known without walking the flows (the publish hot path).
+    /// Set by whatever queues a flow; cleared by a resend scan that finds none.
+    pub(crate) maybe_queued: bool,
 }
 
 /// A session as plain data, for the store: what a restarted broker needs to resume it.
@@ -243,6 +247,7 @@ impl SessionState {
             );
             state.next_seq = seq as u64 + 1;
         }
+        state.maybe_queued = !state.outbound.is_empty();
         state.queue = snapshot.queue.into();
         state.inbound_qos2 = snapshot.awaiting_pubrel.into_iter().collect();
         state
@@ -264,6 +269,7 @@ impl SessionState {
             queue: VecDeque::new(),
             inbound_qos2: BTreeSet::new(),
             drops: DropCounts::default(),
+            maybe_queued: false,
         }
     }
 
@@ -361,6 +367,9 @@ impl SessionState {
 
     /// Outbound flows that are live on a connection (not queued for resending).
     pub(crate) fn window_used(&self) -> usize {
+        if !self.maybe_queued {
+            return self.outbound.len();
+        }
         self.outbound
             .values()
             .filter(|f| !matches!(f.state, OutState::Queued(_)))
@@ -397,20 +406,27 @@ impl SessionState {
     }
 
     /// The queued flow sent first on the earliest connection, if any.
-    pub(crate) fn next_queued_flow(&self) -> Option<(PacketId, Resend)> {
-        self.outbound
+    pub(crate) fn next_queued_flow(&mut self) -> Option<(PacketId, Resend)> {
+        if !self.maybe_queued {
+            return None;
+        }
+        let next = self
+            .outbound
             .iter()
             .filter_map(|(id, f)| match f.state {
                 OutState::Queued(resend) => Some((f.seq, *id, resend)),
                 _ => None,
             })
             .min_by_key(|(seq, _, _)| *seq)
-            .map(|(_, id, resend)| (id, resend))
+            .map(|(_, id, resend)| (id, resend));
+        self.maybe_queued = next.is_some();
+        next
     }
 
     /// Called when a connection ends: every live flow is queued for resending and flows the
     /// peer finished are released.
     pub(crate) fn requeue_all(&mut self) {
+        self.maybe_queued = true;
         self.outbound.retain(|_, flow| {
             flow.frames_pending = 0;
             flow.state = match flow.state {
@@ -458,7 +474,7 @@ mod tests {
         let snapshot = state.snapshot();
         assert_eq!(snapshot.inflight[0].packet_id, a, "original order kept");
         assert!(snapshot.inflight[1].released);
-        let restored = SessionState::restore(snapshot.clone());
+        let mut restored = SessionState::restore(snapshot.clone());
         assert_eq!(restored.snapshot(), snapshot);
         assert_eq!(
             restored.next_queued_flow(),

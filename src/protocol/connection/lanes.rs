@@ -176,6 +176,7 @@ impl Connection {
         // Flows written on the lane and awaiting the client's answer there are resent:
         // the answer may have died with the stream.
         // So are flows whose last frame on it failed.
+        self.session.maybe_queued = true;
         self.session.outbound.retain(|_, flow| {
             if flow.lane != id || flow.frames_pending > 0 {
                 return true;
@@ -202,6 +203,7 @@ impl Connection {
             return;
         }
         if let (Some(seq), Some(id)) = (frame.flow(), frame.packet_id()) {
+            self.session.maybe_queued = true;
             if let Some(flow) = self.session.outbound.get_mut(&id).filter(|f| f.seq == seq) {
                 flow.frames_pending = flow.frames_pending.saturating_sub(1);
                 flow.state = match (frame.packet_type(), flow.state) {

@@ -391,6 +391,7 @@ impl Connection {
             flow.frames_pending = flow.frames_pending.saturating_sub(1);
             if frame.packet_type() == PacketType::Publish && flow.state == OutState::Sending {
                 flow.state = OutState::Queued(Resend::Publish { dup: false });
+                self.session.maybe_queued = true;
             }
         }
     }

@@ -957,7 +957,7 @@ fn write_zero_ends_the_connection_and_keeps_qos1_for_the_next() {
         h.closed_reason(),
         Some(&CloseReason::Transport(TransportFault::WriteZero))
     );
-    let (session, _) = h.conn.into_session();
+    let (mut session, _) = h.conn.into_session();
     assert_eq!(session.inflight_len(), 1);
     assert_eq!(
         session.next_queued_flow(),
