@@ -16,6 +16,10 @@ use crate::broker::{Broker, BrokerConfig, BrokerService};
 use crate::config::{self, Config, ConfigError};
 use crate::fault::udp::UdpFaults;
 use crate::fault::FaultPlan;
+use crate::store::{
+    Durability as StoreDurability, GroupCommitConfig, GroupCommitter, Now, Recovered, Store,
+    StoreError, StoreOptions,
+};
 use crate::transport::listener::{self, Limits, Service};
 use crate::transport::quic;
 
@@ -28,6 +32,8 @@ pub enum ServerError {
     Quic(#[from] quic::QuicError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot bind {key} to {addr}: {source}")]
     Bind {
         key: &'static str,
@@ -66,7 +72,11 @@ impl Server {
                 "FAULT INJECTION IS ON: this broker misbehaves on purpose"
             );
         }
-        let broker = Broker::new(broker_config(config)?);
+        let (committer, recovered) = open_store(config)?;
+        let broker = Broker::with_store(broker_config(config)?, committer);
+        if let Some(recovered) = recovered {
+            broker.restore(recovered, std::time::Instant::now());
+        }
         broker.start();
         let service: Arc<dyn Service> = Arc::new(BrokerService(Arc::clone(&broker)));
         let limits = Limits {
@@ -163,6 +173,24 @@ pub fn broker_config(config: &Config) -> Result<BrokerConfig, ServerError> {
         acl: Acl::from_settings(&config.auth)?,
         ..BrokerConfig::default()
     })
+}
+
+/// Opens the store under `data_dir` and recovers it, unless `storage.durability = none`.
+fn open_store(config: &Config) -> Result<(Option<GroupCommitter>, Option<Recovered>), ServerError> {
+    let durability = match config.storage.durability {
+        config::Durability::None => return Ok((None, None)),
+        config::Durability::Sync => StoreDurability::Sync,
+        config::Durability::Group => StoreDurability::Group,
+    };
+    let store = Arc::new(Store::open(&config.data_dir, StoreOptions::default())?);
+    let recovered = store.recover(Now::from_clocks())?;
+    let window = match durability {
+        StoreDurability::Group => Duration::from_millis(config.storage.group_commit_ms),
+        _ => Duration::ZERO,
+    };
+    let (committer, _task) =
+        GroupCommitter::spawn(store, GroupCommitConfig::new(durability, window));
+    Ok((Some(committer), Some(recovered)))
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {

@@ -10,12 +10,15 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::auth::{certificate_common_name, Action, ClientAcl};
+use super::core::will_delay;
 use super::core::{Broker, Stats};
 use super::index::ClientId;
+use super::persist::{AckSequencer, PublishWrites};
 use super::session::SessionKey;
 use crate::protocol::{
     ConnectAccept, Connection, Event, MqttString, ProtocolVersion, ReasonCode, SessionState,
 };
+use crate::store::PendingWill;
 use crate::transport::listener::{Accepted, PeerInfo, Service};
 use crate::transport::{drive, Command, EventSink};
 
@@ -47,13 +50,17 @@ pub async fn serve(broker: Arc<Broker>, accepted: Accepted, info: PeerInfo) {
     let conn = Connection::new(broker.config.connection.clone(), crate::transport::now());
     let mut handler = ClientHandler {
         broker: Arc::clone(&broker),
-        mailbox: mailbox_tx,
+        mailbox: mailbox_tx.clone(),
         generation,
         key: None,
         connecting: None,
         span: span.clone(),
         client_cert: info.client_cert.clone(),
         acl: Arc::new(ClientAcl::allow_all()),
+        acks: broker
+            .committer
+            .is_some()
+            .then(|| AckSequencer::spawn(mailbox_tx.clone())),
     };
     let conn = match accepted {
         Accepted::Stream(io) => {
@@ -93,6 +100,8 @@ struct ClientHandler {
     client_cert: Option<rustls_pki_types::CertificateDer<'static>>,
     /// What this client may do, from the ACL, once authenticated.
     acl: Arc<ClientAcl>,
+    /// With a store: releases publish acknowledgements once their writes are durable.
+    acks: Option<AckSequencer>,
 }
 
 impl EventSink for ClientHandler {
@@ -109,14 +118,25 @@ impl EventSink for ClientHandler {
                     }
                     return;
                 }
-                let matched = self.broker.publish(self.key.as_ref(), &message, now);
+                let durable = ack.is_some() && self.broker.committer.is_some();
+                let mut writes = PublishWrites::default();
+                let matched = self.broker.publish_collecting(
+                    self.key.as_ref(),
+                    &message,
+                    now,
+                    durable.then_some(&mut writes),
+                );
                 if let Some(ack) = ack {
                     let reason = if matched == 0 && conn.version() == Some(ProtocolVersion::V5) {
                         ReasonCode::NoMatchingSubscribers
                     } else {
                         ReasonCode::Success
                     };
-                    conn.accept_publish(now, ack, reason);
+                    match &self.acks {
+                        // Acknowledged once what it changed is durable, in arrival order.
+                        Some(acks) => acks.push(self.broker.persist_publish(writes), ack, reason),
+                        None => conn.accept_publish(now, ack, reason),
+                    }
                 }
             }
             Event::Subscribe(subscribe) => {
@@ -203,6 +223,12 @@ impl ClientHandler {
         tracing::info!(version = %connect.protocol, clean_start = connect.clean_start, keep_alive = connect.keep_alive, "CONNECT");
         let entry = self.broker.registry.entry(&id);
         entry.set_acl(acl);
+        // v3.1.1 sessions without clean session last until a clean connect.
+        entry.set_expiry(match connect.protocol {
+            ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+            ProtocolVersion::V311 if connect.clean_start => 0,
+            ProtocolVersion::V311 => u32::MAX,
+        });
         let key = SessionKey::new(Arc::clone(&entry));
         self.key = Some(key.clone());
         let broker = Arc::clone(&self.broker);
@@ -226,6 +252,11 @@ impl ClientHandler {
                 let (session, session_present) = if clean_start || !present {
                     // A fresh session starts without the old one's subscriptions.
                     broker.index.remove_client(&key);
+                    if present {
+                        broker
+                            .forget_session(key.entry().client_id().as_str())
+                            .await;
+                    }
                     (SessionState::new(), false)
                 } else {
                     (state, true)
@@ -265,6 +296,7 @@ impl ClientHandler {
             u32::MAX => None,
             secs => now.checked_add(Duration::from_secs(u64::from(secs))),
         };
+        key.entry().set_expiry(expiry);
         key.entry()
             .go_offline(self.generation, state, mailbox, expires_at);
         self.broker.index.set_online(&key, false);
@@ -272,12 +304,23 @@ impl ClientHandler {
             .stats
             .clients_connected
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if expiry == 0 && self.broker.registry.remove_if_expired(key.entry(), now) {
-            self.broker.end_session(&key);
-        }
+        // The will is scheduled first: its delay is measured against this disconnection,
+        // and a reconnect that lands while the session is being written must cancel it.
+        let pending = report.will.as_ref().and_then(|will| {
+            let delay = will_delay(will, expiry);
+            (!delay.is_zero()).then(|| PendingWill {
+                will: will.clone(),
+                due: std::time::Instant::now() + delay,
+            })
+        });
         if let Some(will) = report.will {
             tracing::info!(topic = %will.topic, "publishing will");
-            self.broker.schedule_will(key, will, expiry);
+            self.broker.schedule_will(key.clone(), will, expiry);
+        }
+        if expiry == 0 && self.broker.registry.remove_if_expired(key.entry(), now) {
+            self.broker.end_session(&key);
+        } else if expiry > 0 {
+            self.broker.persist_session(&key, pending).await;
         }
     }
 }

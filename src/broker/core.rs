@@ -9,12 +9,14 @@ use tokio::sync::watch;
 
 use super::auth::{Acl, Action, Authenticator, ClientAcl};
 use super::index::{parse_shared, SharedFilter, SharedIndex};
+use super::persist::PublishWrites;
 use super::retained::{RetainedMessage, RetainedStore};
 use super::session::{Delivered, Registry, SessionKey};
 use crate::protocol::{
     ConnectionConfig, Delivery, Properties, Publish, QoS, QosPid, ReasonCode, SubAck, Subscribe,
     TopicName, UnsubAck, Unsubscribe, Will,
 };
+use crate::store::GroupCommitter;
 use crate::transport::Command;
 
 /// Broker-wide settings (the protocol limits of each connection included).
@@ -78,6 +80,8 @@ pub struct Broker {
     next_generation: AtomicU64,
     started: Instant,
     shutdown: watch::Sender<bool>,
+    /// The store, unless `storage.durability = none`.
+    pub(crate) committer: Option<GroupCommitter>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -88,6 +92,11 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     pub fn new(config: BrokerConfig) -> Arc<Broker> {
+        Broker::with_store(config, None)
+    }
+
+    /// A broker that writes persistent sessions and retained messages through `committer`.
+    pub fn with_store(config: BrokerConfig, committer: Option<GroupCommitter>) -> Arc<Broker> {
         let (shutdown, _) = watch::channel(false);
         let queue_limit = config.connection.queue_limit();
         Arc::new(Broker {
@@ -99,6 +108,7 @@ impl Broker {
             next_generation: AtomicU64::new(1),
             started: Instant::now(),
             shutdown,
+            committer,
         })
     }
 
@@ -159,6 +169,18 @@ impl Broker {
         message: &Publish,
         now: Instant,
     ) -> usize {
+        self.publish_collecting(publisher, message, now, None)
+    }
+
+    /// [`Broker::publish`], also gathering what must be stored before the publisher may
+    /// be acknowledged: the QoS 1/2 copies for persistent sessions and the retained change.
+    pub(crate) fn publish_collecting(
+        &self,
+        publisher: Option<&SessionKey>,
+        message: &Publish,
+        now: Instant,
+        mut writes: Option<&mut PublishWrites>,
+    ) -> usize {
         Stats::add(&self.stats.messages_received, 1);
         let expires_at = message
             .properties
@@ -166,6 +188,19 @@ impl Broker {
             .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs))));
         if message.retain {
             self.retain(message, expires_at);
+            if let Some(writes) = writes.as_deref_mut() {
+                if message.payload.is_empty() {
+                    writes.retained_cleared = Some(message.topic.clone());
+                } else {
+                    writes.retained = Some(RetainedMessage {
+                        topic: message.topic.clone(),
+                        payload: message.payload.clone(),
+                        qos: message.qos(),
+                        properties: forwarded_properties(&message.properties),
+                        expires_at,
+                    });
+                }
+            }
         }
         let forwarded = Arc::new(forwarded_properties(&message.properties));
         let routes = self.index.matches(&message.topic, publisher);
@@ -182,6 +217,11 @@ impl Broker {
                 shared: route.share.as_ref().and_then(shared_filter),
                 expires_at,
             };
+            if let Some(writes) = writes.as_deref_mut() {
+                if delivery.qos > QoS::AtMostOnce && route.client.entry().is_persistent() {
+                    writes.queued.push((route.client.clone(), delivery.clone()));
+                }
+            }
             match route.client.entry().deliver(delivery) {
                 Delivered::ToConnection | Delivered::Queued => {
                     Stats::add(&self.stats.messages_sent, 1)
@@ -303,28 +343,44 @@ impl Broker {
         will: Will,
         session_expiry: u32,
     ) {
-        let delay = will
-            .properties
-            .will_delay_interval
-            .unwrap_or(0)
-            .min(session_expiry);
+        let delay = will_delay(&will, session_expiry);
+        self.schedule_will_after(client, will, delay);
+    }
+
+    /// Publishes `will` after `delay` unless the client comes back first.
+    pub(crate) fn schedule_will_after(
+        self: &Arc<Self>,
+        client: SessionKey,
+        will: Will,
+        delay: Duration,
+    ) {
         let message = will_message(will);
-        if delay == 0 {
+        if delay.is_zero() {
             self.publish(None, &message, crate::transport::now());
             return;
         }
         let epoch = client.entry().epoch();
         let broker = Arc::clone(self);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+            tokio::time::sleep(delay).await;
             if client.entry().epoch() == epoch {
                 broker.publish(None, &message, crate::transport::now());
             }
         });
     }
 
+    /// Publishes a will now (its session is gone).
+    pub(crate) fn schedule_will_after_key(&self, will: Will) {
+        self.publish(None, &will_message(will), crate::transport::now());
+    }
+
+    /// A retained message recovered from the store.
+    pub(crate) fn restore_retained(&self, message: RetainedMessage) {
+        self.retained().set(message);
+    }
+
     /// Drops offline sessions past their expiry, with their subscriptions.
-    pub fn expire_sessions(&self, now: Instant) {
+    pub fn expire_sessions(self: &Arc<Self>, now: Instant) {
         for entry in self.registry.entries() {
             if entry.is_expired(now) && self.registry.remove_if_expired(&entry, now) {
                 self.end_session(&SessionKey::new(entry));
@@ -334,8 +390,13 @@ impl Broker {
 
     /// A session is gone for good: its subscriptions go, and messages it held from shared
     /// subscriptions go to another member of their group [MQTT-4.8.2].
-    pub(crate) fn end_session(&self, key: &SessionKey) {
+    pub(crate) fn end_session(self: &Arc<Self>, key: &SessionKey) {
         self.index.remove_client(key);
+        if self.committer.is_some() {
+            let broker = Arc::clone(self);
+            let id = key.entry().client_id().as_str().to_string();
+            tokio::spawn(async move { broker.forget_session(&id).await });
+        }
         let Some(state) = key.entry().take_offline_state() else {
             return;
         };
@@ -463,6 +524,16 @@ fn forwarded_properties(properties: &Properties) -> Properties {
 /// The full `$share/<group>/<filter>` a shared route came from.
 fn shared_filter(share: &SharedFilter) -> Option<crate::protocol::TopicFilter> {
     crate::protocol::TopicFilter::new(&share.to_string()).ok()
+}
+
+/// The will delay in force: the will's own, bounded by the session expiry [MQTT-3.1.3-9].
+pub(crate) fn will_delay(will: &Will, session_expiry: u32) -> Duration {
+    let secs = will
+        .properties
+        .will_delay_interval
+        .unwrap_or(0)
+        .min(session_expiry);
+    Duration::from_secs(u64::from(secs))
 }
 
 fn will_message(will: Will) -> Publish {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod client;
 pub mod core;
 pub mod index;
+pub mod persist;
 pub mod retained;
 pub mod session;
 

@@ -62,6 +62,10 @@ pub struct SessionEntry {
     /// What the client may receive (ACL), set when it connects; checked on every delivery,
     /// live or queued.
     acl: std::sync::RwLock<Option<Arc<ClientAcl>>>,
+    /// The session expiry in force (seconds; `u32::MAX` never; 0: ends with its
+    /// connection). A session with a non-zero expiry is persistent and is written to the
+    /// store.
+    expiry: std::sync::atomic::AtomicU32,
 }
 
 impl fmt::Debug for SessionEntry {
@@ -134,7 +138,27 @@ impl SessionEntry {
             epoch: AtomicU64::new(0),
             queue_limit,
             acl: std::sync::RwLock::new(None),
+            expiry: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// Whether the session outlives its connection (and so is written to the store).
+    pub fn is_persistent(&self) -> bool {
+        self.expiry.load(Ordering::Acquire) > 0
+    }
+
+    pub fn set_expiry(&self, seconds: u32) {
+        self.expiry.store(seconds, Ordering::Release);
+    }
+
+    pub fn expiry(&self) -> u32 {
+        self.expiry.load(Ordering::Acquire)
+    }
+
+    /// A session recovered from the store at start-up: offline, with its state.
+    pub fn restore_offline(&self, state: SessionState, expiry: u32, expires_at: Option<Instant>) {
+        self.set_expiry(expiry);
+        *self.slot() = Slot::Offline { state, expires_at };
     }
 
     /// Sets what the client may receive (at each connect: the rules follow the identity).
