@@ -171,6 +171,7 @@ pub fn broker_config(config: &Config) -> Result<BrokerConfig, ServerError> {
             config.anonymous_allowed(),
         )?),
         acl: Acl::from_settings(&config.auth)?,
+        max_store_bytes: config.storage.max_store_bytes,
         ..BrokerConfig::default()
     })
 }

@@ -198,3 +198,147 @@ async fn acknowledged_messages_survive_sigkill_over_tls_and_quic() {
     sub.disconnect().await.expect("disconnect");
     broker.kill();
 }
+
+#[test]
+fn a_data_directory_in_use_is_refused_with_its_path() {
+    let data_dir = temp_dir("crash-locked");
+    let first = Broker::start(&data_dir);
+    let second = Command::new(env!("CARGO_BIN_EXE_twinmq"))
+        .arg("serve")
+        .args(["--set", &format!("data_dir={}", data_dir.display())])
+        .args(["--set", "listeners.tcp.bind=127.0.0.1:0"])
+        .args(["--set", "listeners.tls.bind=127.0.0.1:0"])
+        .args(["--set", "listeners.quic.bind=127.0.0.1:0"])
+        .output()
+        .expect("second broker runs");
+    first.kill();
+    assert!(
+        !second.status.success(),
+        "a second broker on the same data must not start"
+    );
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&data_dir.display().to_string()) && stderr.to_lowercase().contains("lock"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_and_session_expiry_survive_a_restart_and_expired_sessions_do_not() {
+    let data_dir = temp_dir("crash-restart");
+    let broker = Broker::start(&data_dir);
+    let (publisher, _) = Client::connect(broker.options(Transport::Tls, "keeper"))
+        .await
+        .expect("publisher");
+    publisher
+        .publish("state/door", "open", QoS::AtLeastOnce, true)
+        .await
+        .expect("retained publish acknowledged");
+    let short = |b: &Broker| {
+        b.options(Transport::Tls, "short-lived")
+            .persistent_session(Duration::from_secs(1))
+    };
+    let long = |b: &Broker| {
+        b.options(Transport::Quic, "long-lived")
+            .persistent_session(Duration::from_secs(3600))
+    };
+    for options in [short(&broker), long(&broker)] {
+        let (c, _) = Client::connect(options).await.expect("persistent client");
+        c.subscribe("state/#", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        c.disconnect().await.expect("disconnect");
+    }
+    broker.kill();
+    // Past the short session's expiry while the broker is down.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let broker = Broker::start(&data_dir);
+    let (c, _) = Client::connect(short(&broker)).await.expect("reconnect");
+    assert!(
+        !c.session_present(),
+        "an expired session does not come back"
+    );
+    let (c, mut incoming) = Client::connect(long(&broker)).await.expect("reconnect");
+    assert!(c.session_present(), "a live session survives the restart");
+    let (fresh, mut fresh_in) = Client::connect(broker.options(Transport::Tls, "newcomer"))
+        .await
+        .expect("newcomer");
+    fresh
+        .subscribe("state/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let m = tokio::time::timeout(Duration::from_secs(10), fresh_in.next_message())
+        .await
+        .expect("in time")
+        .expect("retained message");
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_ref(), m.retain),
+        ("state/door", &b"open"[..], true)
+    );
+    // The long-lived session's subscription was restored too: a live publish reaches it.
+    publisher_again(&broker).await;
+    let m = tokio::time::timeout(Duration::from_secs(10), incoming.next_message())
+        .await
+        .expect("in time")
+        .expect("message");
+    assert_eq!(m.topic.as_str(), "state/window");
+    broker.kill();
+}
+
+async fn publisher_again(broker: &Broker) {
+    let (p, _) = Client::connect(broker.options(Transport::Tls, "keeper-2"))
+        .await
+        .expect("publisher");
+    p.publish("state/window", "shut", QoS::AtLeastOnce, false)
+        .await
+        .expect("published");
+}
+
+#[tokio::test]
+async fn a_full_store_refuses_new_qos1_publishes_with_quota_exceeded() {
+    let broker =
+        common::TestBroker::start_with("store-full", &["storage.max_store_bytes=1MiB"]).await;
+    let options = |id: &str| {
+        ClientOptions::new("localhost")
+            .port(broker.tls.port())
+            .transport(Transport::Tls)
+            .ca_file(&broker.ca)
+            .client_id(id)
+            .reconnect(None)
+    };
+    // A persistent subscriber goes offline; what is queued for it fills the store.
+    let (sub, _) = Client::connect(options("hoarder").persistent_session(Duration::from_secs(600)))
+        .await
+        .expect("subscriber");
+    sub.subscribe("full/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    sub.disconnect().await.expect("disconnect");
+    let (publisher, _) = Client::connect(options("pusher")).await.expect("publisher");
+    let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+    let mut accepted = 0;
+    let mut refused = None;
+    for _ in 0..40 {
+        match publisher
+            .publish("full/x", payload.clone(), QoS::AtLeastOnce, false)
+            .await
+        {
+            Ok(()) => accepted += 1,
+            Err(err) => {
+                refused = Some(err);
+                break;
+            }
+        }
+    }
+    assert!(accepted >= 10, "about 1 MiB is accepted first ({accepted})");
+    assert!(
+        matches!(
+            refused,
+            Some(twinmq::client::ClientError::PublishRefused {
+                reason: twinmq::protocol::ReasonCode::QuotaExceeded,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}

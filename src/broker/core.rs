@@ -29,6 +29,8 @@ pub struct BrokerConfig {
     pub sys_interval: Option<Duration>,
     /// How often offline sessions are checked for expiry.
     pub expiry_sweep: Duration,
+    /// Past this many live bytes in the store, new QoS 1/2 publishes are refused (0x97).
+    pub max_store_bytes: u64,
     /// Who may connect (password file, client certificates, anonymous access).
     pub authenticator: Arc<Authenticator>,
     /// What each client may publish, subscribe to and receive.
@@ -42,6 +44,7 @@ impl Default for BrokerConfig {
             takeover_wait: Duration::from_secs(35),
             sys_interval: Some(Duration::from_secs(10)),
             expiry_sweep: Duration::from_secs(1),
+            max_store_bytes: u64::MAX,
             authenticator: Arc::new(Authenticator::new(None, true)),
             acl: Acl::allow_all(),
         }
@@ -423,7 +426,7 @@ impl Broker {
     /// Publishes the `$SYS/broker/...` topics as retained messages.
     pub fn publish_sys(&self, now: Instant) {
         let s = &self.stats;
-        let topics: [(&str, String); 10] = [
+        let topics: [(&str, String); 11] = [
             (
                 "$SYS/broker/version",
                 format!("twinmq {}", env!("CARGO_PKG_VERSION")),
@@ -444,6 +447,10 @@ impl Broker {
             (
                 "$SYS/broker/messages/sent",
                 Stats::get(&s.messages_sent).to_string(),
+            ),
+            (
+                "$SYS/broker/messages/dropped",
+                Stats::get(&s.messages_dropped).to_string(),
             ),
             (
                 "$SYS/broker/bytes/received",

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::core::Broker;
+use super::core::{Broker, Stats};
 use super::session::SessionKey;
 use crate::protocol::{Delivery, InboundAck, ReasonCode};
 use crate::store::{
@@ -55,19 +55,20 @@ impl PublishWrites {
 /// Releases a connection's publish acknowledgements in arrival order, each once the batch
 /// holding its message is durable.
 pub(crate) struct AckSequencer {
-    tx: mpsc::UnboundedSender<(oneshot::Receiver<bool>, InboundAck, ReasonCode)>,
+    tx: mpsc::UnboundedSender<(oneshot::Receiver<Durable>, InboundAck, ReasonCode)>,
 }
 
 impl AckSequencer {
     pub fn spawn(mailbox: mpsc::UnboundedSender<Command>) -> AckSequencer {
         let (tx, mut rx) =
-            mpsc::unbounded_channel::<(oneshot::Receiver<bool>, InboundAck, ReasonCode)>();
+            mpsc::unbounded_channel::<(oneshot::Receiver<Durable>, InboundAck, ReasonCode)>();
         tokio::spawn(async move {
             while let Some((durable, ack, reason)) = rx.recv().await {
                 let reason = match durable.await {
-                    Ok(true) => reason,
+                    Ok(Durable::Yes) => reason,
                     // Not stored: refuse rather than acknowledge what could be lost.
-                    _ => ReasonCode::ImplementationSpecificError,
+                    Ok(Durable::Refused(code)) => code,
+                    Err(_) => ReasonCode::ImplementationSpecificError,
                 };
                 if mailbox.send(Command::AcceptPublish(ack, reason)).is_err() {
                     return;
@@ -78,44 +79,63 @@ impl AckSequencer {
     }
 
     /// Queues `ack`, to be released when `durable` resolves (at once for a ready one).
-    pub fn push(&self, durable: oneshot::Receiver<bool>, ack: InboundAck, reason: ReasonCode) {
+    pub fn push(&self, durable: oneshot::Receiver<Durable>, ack: InboundAck, reason: ReasonCode) {
         let _ = self.tx.send((durable, ack, reason));
     }
 }
 
+/// Whether a publish's writes are safe, and if not, the reason code to answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durable {
+    Yes,
+    Refused(ReasonCode),
+}
+
 /// A receiver that is already resolved: for acknowledgements with nothing to store.
-pub(crate) fn ready() -> oneshot::Receiver<bool> {
+pub(crate) fn ready() -> oneshot::Receiver<Durable> {
     let (tx, rx) = oneshot::channel();
-    let _ = tx.send(true);
+    let _ = tx.send(Durable::Yes);
     rx
 }
 
 impl Broker {
-    /// Submits what a publish changed; the receiver resolves when it is durable.
-    pub(crate) fn persist_publish(&self, writes: PublishWrites) -> oneshot::Receiver<bool> {
+    /// Submits what a publish changed; the receiver resolves when it is durable. A store
+    /// over `storage.max_store_bytes` refuses new writes (the publisher gets 0x97 quota
+    /// exceeded) rather than growing without bound.
+    pub(crate) fn persist_publish(&self, writes: PublishWrites) -> oneshot::Receiver<Durable> {
         let Some(committer) = self.committer.clone() else {
             return ready();
         };
         if writes.is_empty() {
             return ready();
         }
+        if committer.store().live_bytes() >= self.config.max_store_bytes {
+            Stats::add(&self.stats.messages_dropped, 1);
+            tracing::warn!(
+                limit = self.config.max_store_bytes,
+                "store full (storage.max_store_bytes): publish refused with 0x97"
+            );
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Durable::Refused(ReasonCode::QuotaExceeded));
+            return rx;
+        }
         let (tx, rx) = oneshot::channel();
         let batch = writes.into_batch(Now::from_clocks());
         tokio::spawn(async move {
-            let ok = match batch {
+            let outcome = match batch {
                 Ok(batch) => match committer.submit(batch).await {
-                    Ok(()) => true,
+                    Ok(()) => Durable::Yes,
                     Err(err) => {
                         tracing::error!(error = %err, "store commit failed");
-                        false
+                        Durable::Refused(ReasonCode::ImplementationSpecificError)
                     }
                 },
                 Err(err) => {
                     tracing::error!(error = %err, "cannot encode a message for the store");
-                    false
+                    Durable::Refused(ReasonCode::ImplementationSpecificError)
                 }
             };
-            let _ = tx.send(ok);
+            let _ = tx.send(outcome);
         });
         rx
     }

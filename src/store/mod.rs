@@ -270,6 +270,11 @@ impl Store {
 
     /// File size and live bytes. The live bytes are kept up to date by every commit, so
     /// this costs one `stat` of the file.
+    /// [`StoreUsage::live_bytes`] alone, without a system call (the publish path checks it).
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes.load(Ordering::Relaxed)
+    }
+
     pub fn usage(&self) -> Result<StoreUsage, StoreError> {
         let file_bytes = std::fs::metadata(&self.path)
             .map_err(|e| StoreError::io(&self.path, "read the size of", e))?
