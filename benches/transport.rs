@@ -24,9 +24,18 @@ struct Broker {
 }
 
 fn start(rt: &Runtime) -> Broker {
-    let dir = std::env::temp_dir().join(format!("twinmq-bench-transport-{}", std::process::id()));
+    start_with(rt, "group")
+}
+
+fn start_with(rt: &Runtime, durability: &str) -> Broker {
+    let dir = std::env::temp_dir().join(format!(
+        "twinmq-bench-transport-{}-{durability}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
     let settings = [
         format!("data_dir={}", dir.display()),
+        format!("storage.durability={durability}"),
         "listeners.tcp.bind=127.0.0.1:0".to_string(),
         "listeners.tls.bind=127.0.0.1:0".to_string(),
         "listeners.quic.bind=127.0.0.1:0".to_string(),
@@ -157,5 +166,44 @@ fn qos1_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, connect_time, qos1_throughput);
+/// QoS 1 to a persistent subscriber: every message is stored before its PUBACK.
+fn qos1_durability(c: &mut Criterion) {
+    let rt = Runtime::new().expect("runtime");
+    let mut group = c.benchmark_group("qos1_persistent_2000_messages");
+    group.measurement_time(Duration::from_secs(8));
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(MESSAGES as u64));
+    for durability in ["none", "group", "sync"] {
+        let broker = start_with(&rt, durability);
+        let (publisher, mut incoming) = rt.block_on(async {
+            let (subscriber, incoming) = Client::connect(
+                options(&broker, Transport::Tls, StreamMode::Single, "durable-sub")
+                    .persistent_session(Duration::from_secs(3600)),
+            )
+            .await
+            .expect("subscriber");
+            subscriber
+                .subscribe("bench/#", QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+            std::mem::forget(subscriber);
+            let (publisher, _) = Client::connect(options(
+                &broker,
+                Transport::Tls,
+                StreamMode::Single,
+                "durable-pub",
+            ))
+            .await
+            .expect("publisher");
+            (publisher, incoming)
+        });
+        group.bench_function(durability, |b| {
+            b.iter(|| rt.block_on(pump(&publisher, &mut incoming)));
+        });
+        std::mem::forget(broker);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, connect_time, qos1_throughput, qos1_durability);
 criterion_main!(benches);

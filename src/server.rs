@@ -189,8 +189,12 @@ fn open_store(config: &Config) -> Result<(Option<GroupCommitter>, Option<Recover
         StoreDurability::Group => Duration::from_millis(config.storage.group_commit_ms),
         _ => Duration::ZERO,
     };
-    let (committer, _task) =
-        GroupCommitter::spawn(store, GroupCommitConfig::new(durability, window));
+    let mut group = GroupCommitConfig::new(durability, window);
+    if durability == StoreDurability::Sync {
+        // sync: every acknowledgement waits for its own commit, never shared.
+        group.max_batches = 1;
+    }
+    let (committer, _task) = GroupCommitter::spawn(store, group);
     Ok((Some(committer), Some(recovered)))
 }
 
