@@ -202,7 +202,7 @@ impl Broker {
     /// pending wills, retained messages, and the wills of sessions that expired while the
     /// broker was down (published now).
     pub fn restore(self: &Arc<Self>, recovered: Recovered, now: Instant) {
-        let report = recovered.report.clone();
+        let report = recovered.report;
         for session in recovered.sessions {
             let id = crate::broker::index::ClientId::from(session.client_id.as_str());
             let entry = self.registry.entry(&id);
