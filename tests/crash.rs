@@ -20,6 +20,7 @@ use twinmq::protocol::QoS;
 
 struct Broker {
     child: Child,
+    tcp: SocketAddr,
     tls: SocketAddr,
     quic: SocketAddr,
     ca: PathBuf,
@@ -40,12 +41,15 @@ impl Broker {
             .spawn()
             .expect("twinmq serve starts");
         let stdout = child.stdout.take().expect("stdout");
+        let mut tcp = None;
         let mut tls = None;
         let mut quic = None;
         let mut ca = None;
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("stdout line");
-            if let Some(addr) = line.strip_prefix("twinmq: MQTT over TLS on ") {
+            if let Some(addr) = line.strip_prefix("twinmq: MQTT over TCP on ") {
+                tcp = addr.parse().ok();
+            } else if let Some(addr) = line.strip_prefix("twinmq: MQTT over TLS on ") {
                 tls = addr.parse().ok();
             } else if let Some(rest) = line.strip_prefix("twinmq: MQTT over QUIC on ") {
                 quic = rest.split('/').next().and_then(|a| a.parse().ok());
@@ -58,6 +62,7 @@ impl Broker {
         }
         Broker {
             child,
+            tcp: tcp.expect("TCP address printed"),
             tls: tls.expect("TLS address printed"),
             quic: quic.expect("QUIC address printed"),
             ca: ca.expect("CA printed"),
@@ -341,4 +346,82 @@ async fn a_full_store_refuses_new_qos1_publishes_with_quota_exceeded() {
         ),
         "{refused:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_is_delivered_exactly_once_across_a_restart_between_pubrec_and_pubrel() {
+    use common::{connect, pid, publish_packet, RawClient};
+    use twinmq::protocol::{Ack, Packet, ProtocolVersion, QosPid, ReasonCode};
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+    let data_dir = temp_dir("crash-pubrel");
+    let broker = Broker::start(&data_dir);
+    let sub_options = |b: &Broker| {
+        b.options(Transport::Tls, "once-sub")
+            .persistent_session(Duration::from_secs(3600))
+    };
+    let (sub, _) = Client::connect(sub_options(&broker))
+        .await
+        .expect("subscriber");
+    sub.subscribe("once/#", QoS::ExactlyOnce)
+        .await
+        .expect("subscribe");
+    sub.disconnect().await.expect("disconnect");
+
+    // PUBLISH, PUBREC ... and the broker dies before the PUBREL.
+    let mut publisher = RawClient::connect(broker.tcp, V5).await;
+    let mut c = connect(V5, "once-pub", false, 30);
+    c.properties.session_expiry_interval = Some(3600);
+    assert!(matches!(
+        publisher.handshake(c.clone()).await,
+        Packet::ConnAck(_)
+    ));
+    publisher
+        .send(&publish_packet(
+            "once/x",
+            QosPid::ExactlyOnce(pid(1)),
+            "exactly once",
+            false,
+        ))
+        .await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubRec(a)) if a.packet_id == pid(1)));
+    broker.kill();
+
+    // After the restart the publisher resumes and releases: the flow completes.
+    let broker = Broker::start(&data_dir);
+    let mut publisher = RawClient::connect(broker.tcp, V5).await;
+    assert!(matches!(publisher.handshake(c).await, Packet::ConnAck(_)));
+    publisher.send(&Packet::PubRel(Ack::new(pid(1)))).await;
+    match publisher.recv().await {
+        Some(Packet::PubComp(a)) => {
+            assert_eq!(a.packet_id, pid(1));
+            assert!(matches!(
+                a.reason,
+                ReasonCode::Success | ReasonCode::PacketIdentifierNotFound
+            ));
+        }
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+
+    // The subscriber gets the message once.
+    let (sub, mut incoming) = Client::connect(sub_options(&broker))
+        .await
+        .expect("subscriber back");
+    let first = tokio::time::timeout(Duration::from_secs(10), incoming.next_message())
+        .await
+        .expect("in time")
+        .expect("message");
+    assert_eq!(first.payload.as_ref(), b"exactly once");
+    sub.publish("once/sentinel", "end", QoS::AtLeastOnce, false)
+        .await
+        .expect("sentinel");
+    let next = tokio::time::timeout(Duration::from_secs(10), incoming.next_message())
+        .await
+        .expect("in time")
+        .expect("message");
+    assert_eq!(
+        next.topic.as_str(),
+        "once/sentinel",
+        "no second copy before the sentinel"
+    );
+    broker.kill();
 }
