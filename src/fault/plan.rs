@@ -77,7 +77,7 @@ impl FaultPlan {
     pub fn is_empty(&self) -> bool {
         self.stream.is_empty()
             && self.udp == UdpFaults::default()
-            && self.link.as_ref().map_or(true, LinkPlan::is_empty)
+            && self.link.as_ref().is_none_or(LinkPlan::is_empty)
     }
 }
 

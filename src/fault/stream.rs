@@ -142,7 +142,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FaultyStream<S> {
         if this
             .faults
             .write_zero_every
-            .is_some_and(|n| n > 0 && this.write_calls % n == 0)
+            .is_some_and(|n| n > 0 && this.write_calls.is_multiple_of(n))
         {
             return Poll::Ready(Ok(0));
         }
