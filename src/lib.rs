@@ -16,6 +16,7 @@
 //! Layering rule: `protocol` knows nothing of tokio, sockets or the clock; later layers
 //! (`transport`, `broker`, `store`, `fault`, `bench`, `client`, `config`) build on it.
 
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;

@@ -1,4 +1,4 @@
-//! The `twinmq` command line: serve, check-config, certs, pub, sub.
+//! The `twinmq` command line: serve, check-config, certs, pub, sub, bench.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +64,11 @@ enum Command {
     /// Subscribe and print messages (like mosquitto_sub), over TCP, TLS or QUIC.
     #[command(disable_help_flag = true)]
     Sub(twinmq::client::cli::SubArgs),
+    /// Benchmarks: start brokers (or measure one on loopback) and load them.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
     /// Add a user to a password file or change their password, or delete a user
     /// (mosquitto_passwd's file format and options).
     Passwd(PasswdArgs),
@@ -95,6 +100,13 @@ struct PasswdArgs {
     password: Option<String>,
 }
 
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// TLS, QUIC single-stream and QUIC multi-stream under the same faults: ack wedge,
+    /// loss, rebinding, head-of-line blocking, stalls, reconnect storms (docs/stability.md).
+    Stability(twinmq::bench::stability::cli::StabilityArgs),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -124,6 +136,9 @@ fn main() -> ExitCode {
         },
         Command::Pub(args) => twinmq::client::cli::run_pub(args),
         Command::Sub(args) => twinmq::client::cli::run_sub(args),
+        Command::Bench { bench } => match bench {
+            BenchCommand::Stability(args) => twinmq::bench::stability::cli::run_cli(args),
+        },
         Command::Passwd(args) => passwd(args),
     }
 }
