@@ -23,6 +23,8 @@ use crate::fault::stream::{FaultyStream, StreamFaults};
 
 /// Chunks one pump holds between reading and writing (up to 16 KiB each).
 const PUMP_CHUNKS: usize = 16;
+/// Connections the kernel queues for the relay's accept loop.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// A running stream relay. Dropping it stops it and resets its connections.
 pub struct TcpRelay {
@@ -54,7 +56,11 @@ impl TcpRelay {
         down_faults: Option<StreamFaults>,
         seed: u64,
     ) -> io::Result<TcpRelay> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        // A backlog deep enough for a reconnect storm (the default is 128): SYNs dropped
+        // here would be the relay's fault, not the broker's.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         let addr = listener.local_addr()?;
         let (resets, _) = watch::channel(0);
         let inner = Arc::new(Inner {
