@@ -2,10 +2,11 @@
 //! damaged or that is not a twinmq store gives a clear error naming the file, never a
 //! panic and never a silently empty store.
 
+mod common;
+
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -16,34 +17,11 @@ use twinmq::store::{
     NEVER_EXPIRES, SCHEMA_VERSION,
 };
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+use common::TempDir;
 
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "twinmq-store-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn file(&self) -> PathBuf {
-        self.0.join(FILE_NAME)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The store's file in `dir`.
+fn store_file(dir: &TempDir) -> std::path::PathBuf {
+    dir.path().join(FILE_NAME)
 }
 
 fn open(dir: &TempDir) -> Result<Store, StoreError> {
@@ -89,10 +67,10 @@ fn fill(dir: &TempDir, sessions: usize, per_session: usize) {
 }
 
 fn assert_names_file(err: &StoreError, dir: &TempDir) {
-    assert_eq!(err.path(), dir.file());
+    assert_eq!(err.path(), store_file(dir));
     let text = err.to_string();
     assert!(
-        text.contains(&dir.file().display().to_string()),
+        text.contains(&store_file(dir).display().to_string()),
         "message names the file: {text}"
     );
 }
@@ -140,7 +118,7 @@ fn a_second_broker_process_is_locked_out() {
     );
     assert!(stdout.contains("child: locked"), "{stdout}");
     assert!(
-        stdout.contains(&dir.file().display().to_string()),
+        stdout.contains(&store_file(&dir).display().to_string()),
         "the error names the file: {stdout}"
     );
 }
@@ -150,7 +128,7 @@ fn another_schema_version_is_refused_with_both_versions() {
     let dir = TempDir::new("schema");
     drop(open(&dir).expect("creates"));
     {
-        let db = redb::Database::open(dir.file()).expect("redb opens");
+        let db = redb::Database::open(store_file(&dir)).expect("redb opens");
         let txn = db.begin_write().expect("write");
         {
             let mut meta = txn
@@ -176,7 +154,7 @@ fn a_redb_file_that_is_not_a_twinmq_store_is_refused() {
     let dir = TempDir::new("foreign");
     std::fs::create_dir_all(dir.path()).expect("dir");
     {
-        let db = redb::Database::create(dir.file()).expect("redb creates");
+        let db = redb::Database::create(store_file(&dir)).expect("redb creates");
         let txn = db.begin_write().expect("write");
         {
             let mut other = txn
@@ -196,13 +174,13 @@ fn a_redb_file_that_is_not_a_twinmq_store_is_refused() {
 fn a_file_that_is_not_a_database_is_corrupt() {
     let dir = TempDir::new("garbage");
     std::fs::create_dir_all(dir.path()).expect("dir");
-    std::fs::write(dir.file(), vec![0x5A; 16 * 1024]).expect("write garbage");
+    std::fs::write(store_file(&dir), vec![0x5A; 16 * 1024]).expect("write garbage");
     let err = open(&dir).expect_err("refused");
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     assert_names_file(&err, &dir);
     // Not silently replaced by an empty store.
     assert_eq!(
-        std::fs::read(dir.file()).expect("still there"),
+        std::fs::read(store_file(&dir)).expect("still there"),
         vec![0x5A; 16 * 1024]
     );
 }
@@ -211,12 +189,12 @@ fn a_file_that_is_not_a_database_is_corrupt() {
 fn bytes_overwritten_in_the_middle_are_reported_as_corruption() {
     let dir = TempDir::new("corrupt");
     fill(&dir, 8, 64);
-    let len = std::fs::metadata(dir.file()).expect("file").len();
+    let len = std::fs::metadata(store_file(&dir)).expect("file").len();
     assert!(len > 256 * 1024, "file of {len} bytes");
     {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .open(dir.file())
+            .open(store_file(&dir))
             .expect("open for damage");
         file.seek(SeekFrom::Start(len / 2)).expect("seek");
         file.write_all(&vec![0xA5; 64 * 1024]).expect("damage");
@@ -235,7 +213,7 @@ fn bytes_overwritten_in_the_middle_are_reported_as_corruption() {
 fn damage_anywhere_never_panics() {
     let dir = TempDir::new("damage");
     fill(&dir, 4, 16);
-    let pristine = std::fs::read(dir.file()).expect("read");
+    let pristine = std::fs::read(store_file(&dir)).expect("read");
     let len = pristine.len() as u64;
     // The header, the commit slots, and pages across the file.
     let mut offsets = vec![0, 16, 64, 512, 1024, 4096];
@@ -246,7 +224,7 @@ fn damage_anywhere_never_panics() {
         for byte in &mut damaged[offset as usize..end] {
             *byte ^= 0x5F;
         }
-        std::fs::write(dir.file(), &damaged).expect("write");
+        std::fs::write(store_file(&dir), &damaged).expect("write");
         // Either a clear error or a store whose recovery succeeds or fails cleanly.
         match open(&dir) {
             Ok(store) => {

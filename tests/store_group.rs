@@ -1,8 +1,9 @@
 //! The group committer: concurrent submits share fsyncs, each submit resolves only once its
 //! batch is committed, and `none` durability never touches the store.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
+use common::TempDir;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,32 +13,6 @@ use twinmq::protocol::{Properties, QoS, TopicName};
 use twinmq::store::{
     Durability, GroupCommitConfig, GroupCommitter, Now, Store, StoreOptions, WriteBatch,
 };
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "twinmq-store-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn now() -> Now {
     Now::new(Instant::now(), SystemTime::now())

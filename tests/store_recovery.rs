@@ -2,8 +2,9 @@
 //! retained messages), keeps what is still due, counts both, and removes the dropped
 //! records from the file so they never come back.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
+use common::TempDir;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,32 +17,6 @@ use twinmq::store::{
     Durability, ExpiredSessionWill, Now, PendingWill, SessionRecord, Store, StoreOptions,
     WriteBatch, NEVER_EXPIRES,
 };
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "twinmq-store-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn topic(s: &str) -> TopicName {
     TopicName::new(s).expect("topic name")

@@ -2,9 +2,10 @@
 //! every property kind, every subscription option, wills and retained messages with their
 //! expiry; and the incremental queue operations act on the right rows.
 
+mod common;
+
+use common::TempDir;
 use std::num::{NonZeroU16, NonZeroU32};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,32 +19,6 @@ use twinmq::store::{
     Durability, Now, PendingWill, RecoveredSession, SessionRecord, Store, StoreOptions,
     StoredSubscription, WriteBatch, NEVER_EXPIRES,
 };
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "twinmq-store-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn open(dir: &TempDir) -> Store {
     Store::open(dir.path(), StoreOptions::default()).expect("store opens")
