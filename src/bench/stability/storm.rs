@@ -138,6 +138,7 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
         storm.spawn(async move { come_back(options, ledger, sub, deadline).await });
     }
     let mut resumed_ms = Vec::new();
+    let mut connack_ms = Vec::new();
     let mut back: Vec<Client> = Vec::new();
     let mut failed = 0u64;
     let mut retries = 0u64;
@@ -147,11 +148,15 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
         match joined {
             Ok(Return {
                 client,
+                connected,
                 resumed,
                 attempts,
                 error,
             }) => {
                 retries += u64::from(attempts.saturating_sub(1));
+                if let Some(at) = connected {
+                    connack_ms.push(at.duration_since(storm_at).as_secs_f64() * 1000.0);
+                }
                 match (client, resumed) {
                     (Some(client), Some(at)) => {
                         resumed_ms.push(at.duration_since(storm_at).as_secs_f64() * 1000.0);
@@ -197,6 +202,7 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
         .collect();
     latencies.sort_by(f64::total_cmp);
     resumed_ms.sort_by(f64::total_cmp);
+    connack_ms.sort_by(f64::total_cmp);
     let storm_s = all_resumed.duration_since(storm_at).as_secs_f64();
     let mut r = RunResult {
         scenario: env.case.scenario,
@@ -236,6 +242,16 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
     };
     r.extra.push(("clients", n as f64));
     r.extra.push(("all_resumed_ms", storm_s * 1000.0));
+    if let (Some(p50), Some(p99)) = (
+        ledger::percentile(&connack_ms, 50.0),
+        ledger::percentile(&connack_ms, 99.0),
+    ) {
+        r.extra.push(("connack_ms_p50", p50));
+        r.extra.push(("connack_ms_p99", p99));
+        r.notes.push(format!(
+            "CONNACK after {p50:.0} ms (p50), {p99:.0} ms (p99)"
+        ));
+    }
     r.notes.push(format!(
         "{n} clients dropped at once ({}) and came back together; all resumed in {:.0} ms; \
          recovery = each client's time to its queued message; latency = before the drop; \
@@ -294,6 +310,8 @@ async fn publish_to_all(publisher: &Client, ledger: &Arc<Ledger>, topics: &[Stri
 
 struct Return {
     client: Option<Client>,
+    /// When its CONNACK arrived.
+    connected: Option<Instant>,
     /// When message 1 arrived.
     resumed: Option<Instant>,
     attempts: u32,
@@ -319,6 +337,7 @@ async fn come_back(
         if attempts >= ATTEMPTS || Instant::now() >= deadline {
             return Return {
                 client: None,
+                connected: None,
                 resumed: None,
                 attempts,
                 error,
@@ -326,6 +345,7 @@ async fn come_back(
         }
         tokio::time::sleep(Duration::from_millis(100 * u64::from(attempts))).await;
     };
+    let connected = Some(Instant::now());
     let resumed = tokio::time::timeout_at(deadline, async {
         while let Some(event) = incoming.recv().await {
             if let Event::Message(m) = event {
@@ -352,6 +372,7 @@ async fn come_back(
     });
     Return {
         client: Some(client),
+        connected,
         resumed,
         attempts,
         error,
