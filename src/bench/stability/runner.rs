@@ -169,21 +169,19 @@ pub fn run(options: &StabilityOptions) -> Result<Report, BenchError> {
     let n = INVOCATION.fetch_add(1, Ordering::Relaxed);
     let bench_rt = runtime("tmq-bench").map_err(BenchError::io("bench runtime"))?;
     let cases = plan(options);
-    let (link, link_rt, no_link) =
-        if options.target.is_none() && options.use_link && cases.iter().any(Case::wants_link) {
-            match open_link(n) {
-                Ok((link, rt)) => (Some(link), Some(rt), None),
-                Err(e) => (None, None, Some(e.to_string())),
-            }
-        } else if !options.use_link {
-            (
-                None,
-                None,
-                Some("the impairment link is off (--no-link)".to_string()),
-            )
-        } else {
-            (None, None, None)
-        };
+    let no = |why: &str| (None, None, Some(why.to_string()));
+    let (link, link_rt, no_link) = if !cases.iter().any(Case::wants_link) {
+        (None, None, None)
+    } else if options.target.is_some() {
+        no("a --target broker is not behind the link")
+    } else if !options.use_link {
+        no("off: --no-link")
+    } else {
+        match open_link(n) {
+            Ok((link, rt)) => (Some(link), Some(rt), None),
+            Err(e) => no(&e.to_string()),
+        }
+    };
     let root = std::env::temp_dir().join(format!("twinmq-stability-{}-{n}", std::process::id()));
     let ctx = Ctx {
         options,
@@ -347,14 +345,16 @@ impl Ctx<'_> {
             None => "broker: `twinmq serve`, a fresh child process per run".into(),
         };
         let link = match (&self.link, &self.no_link) {
-            (Some(_), _) => "packet faults: the impairment link (netns + TUN), both transports",
-            (None, Some(_)) => "packet faults: loopback relay (QUIC only; the link is unavailable)",
-            (None, None) => "packet faults: none in this selection",
+            (Some(_), _) => {
+                "packet faults: the impairment link (netns + TUN), both transports".to_string()
+            }
+            (None, Some(why)) => format!("packet faults: loopback relay, QUIC only ({why})"),
+            (None, None) => "packet faults: none in this selection".to_string(),
         };
         let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
         vec![
             broker,
-            link.to_string(),
+            link,
             format!(
                 "traffic: {} s per run; RTT {} ms added; keep-alive {} s; {cpus} CPUs",
                 o.duration.as_secs_f64(),
