@@ -198,8 +198,19 @@ fn open_store(config: &Config) -> Result<(Option<GroupCommitter>, Option<Recover
     Ok((Some(committer), Some(recovered)))
 }
 
+/// Pending connections the kernel may hold per listener. tokio's default (128) drops SYNs
+/// in a reconnect storm, and each dropped client waits out a 1 s SYN retry.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { key, addr, source })
+    let error = |source| ServerError::Bind { key, addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(error)?;
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(error)
 }
