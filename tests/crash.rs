@@ -85,7 +85,15 @@ impl Broker {
             .keep_alive(Duration::from_secs(1))
     }
 
-    fn kill(mut self) {
+    /// SIGKILL, as a crash.
+    fn kill(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Broker {
+    // Also when a test fails half-way: no broker outlives its test.
+    fn drop(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
     }
