@@ -70,6 +70,33 @@ impl RunResult {
         }
     }
 
+    /// A run that ran: its message counts and its delivery latencies (sorted, in ms).
+    pub fn measured(
+        scenario: Scenario,
+        transport: TransportKind,
+        condition: &str,
+        totals: &super::ledger::Totals,
+        latencies: &[f64],
+    ) -> RunResult {
+        RunResult {
+            scenario,
+            transport,
+            condition: condition.to_string(),
+            ran: true,
+            sent: totals.sent,
+            acked: totals.acked,
+            delivered: totals.delivered,
+            lost: totals.lost,
+            duplicated: totals.duplicated,
+            redelivered: totals.redelivered,
+            out_of_order: totals.out_of_order,
+            latency_ms_p50: super::ledger::percentile(latencies, 50.0),
+            latency_ms_p99: super::ledger::percentile(latencies, 99.0),
+            latency_ms_max: latencies.last().copied(),
+            ..RunResult::default()
+        }
+    }
+
     pub fn extra(&self, key: &str) -> Option<f64> {
         self.extra.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     }

@@ -445,32 +445,24 @@ fn finish(env: &Env, spec: &Spec, s: Steady) -> RunResult {
     let window = (last_us.saturating_sub(start_us) as f64 / 1e6).max(spec.traffic.as_secs_f64());
     let (cpu, rss, kernel_drops) = s.readings;
     let mut result = RunResult {
-        scenario: env.case.scenario,
-        transport: env.case.transport,
-        condition: env.label.clone(),
-        ran: true,
-        sent: totals.sent,
-        acked: totals.acked,
-        delivered: totals.delivered,
-        lost: totals.lost,
-        duplicated: totals.duplicated,
-        redelivered: totals.redelivered,
-        out_of_order: totals.out_of_order,
         reconnects: s.reconnects,
         stalled_sessions: totals.subscribers_missing + s.publishers_pending,
         stall_episodes: ledger::stall_episodes(&all, env.shape.stall_threshold),
         recovery_ms_p50: ledger::percentile(&recoveries, 50.0),
         recovery_ms_p99: ledger::percentile(&recoveries, 99.0),
-        latency_ms_p50: ledger::percentile(&latencies, 50.0),
-        latency_ms_p99: ledger::percentile(&latencies, 99.0),
-        latency_ms_max: latencies.last().copied(),
         goodput_msgs_per_s: Some(totals.delivered as f64 / window),
         broker_cpu_s: cpu,
         broker_rss_bytes: rss,
         udp_injected_drops: s.injected_drops.filter(|_| env.case.transport.is_quic()),
         udp_kernel_drops: kernel_drops,
         series,
-        ..RunResult::default()
+        ..RunResult::measured(
+            env.case.scenario,
+            env.case.transport,
+            &env.label,
+            &totals,
+            &latencies,
+        )
     };
     if totals.duplicated > 0 {
         result.notes.push(format!(

@@ -205,25 +205,11 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
     connack_ms.sort_by(f64::total_cmp);
     let storm_s = all_resumed.duration_since(storm_at).as_secs_f64();
     let mut r = RunResult {
-        scenario: env.case.scenario,
-        transport: env.case.transport,
-        condition: env.label.clone(),
-        ran: true,
-        sent: totals.sent,
-        acked: totals.acked,
-        delivered: totals.delivered,
-        lost: totals.lost,
-        duplicated: totals.duplicated,
-        redelivered: totals.redelivered,
-        out_of_order: totals.out_of_order,
         reconnects: n as u64 + retries,
         stalled_sessions: totals.subscribers_missing + failed,
         stall_episodes: 0,
         recovery_ms_p50: ledger::percentile(&resumed_ms, 50.0),
         recovery_ms_p99: ledger::percentile(&resumed_ms, 99.0),
-        latency_ms_p50: ledger::percentile(&latencies, 50.0),
-        latency_ms_p99: ledger::percentile(&latencies, 99.0),
-        latency_ms_max: latencies.last().copied(),
         goodput_msgs_per_s: (storm_s > 0.0).then(|| resumed_ms.len() as f64 / storm_s),
         broker_cpu_s: cpu,
         broker_rss_bytes: rss,
@@ -238,7 +224,13 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
                 )
             })
             .collect(),
-        ..RunResult::default()
+        ..RunResult::measured(
+            env.case.scenario,
+            env.case.transport,
+            &env.label,
+            &totals,
+            &latencies,
+        )
     };
     r.extra.push(("clients", n as f64));
     r.extra.push(("all_resumed_ms", storm_s * 1000.0));
