@@ -52,7 +52,10 @@ impl OutboundFrame {
         max_packet_size: u32,
         scratch: &mut BytesMut,
     ) -> Result<OutboundFrame, FrameError> {
-        let size = codec::encoded_len(packet, version)?;
+        // Encode first and measure the result: the codec already sizes the packet once,
+        // and a PUBLISH payload is shared, not copied, so a refused frame costs only its head.
+        let encoded = codec::encode(packet, version, scratch)?;
+        let size = encoded.wire_len();
         if size > max_packet_size as usize {
             return Err(FrameError::TooLarge {
                 packet_type: packet.packet_type(),
@@ -60,7 +63,6 @@ impl OutboundFrame {
                 max: max_packet_size,
             });
         }
-        let encoded = codec::encode(packet, version, scratch)?;
         debug_assert!(
             !encoded.head.is_empty(),
             "every MQTT packet has a fixed header"
