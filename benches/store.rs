@@ -186,7 +186,10 @@ fn store_with_subscriber(root: &std::path::Path, name: &str) -> Store {
     store
 }
 
-/// A typical telemetry message at QoS 1.
+/// Row ids for the messages the benchmarks write: each copy has its own, as in the broker.
+static NEXT_ROW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A typical telemetry message at QoS 1, in a row of its own.
 fn qos1_message() -> Delivery {
     Delivery {
         topic: TopicName::new("factory/line-04/station-17/sensor/temperature").expect("topic"),
@@ -203,5 +206,6 @@ fn qos1_message() -> Delivery {
         subscription_ids: vec![NonZeroU32::MIN],
         shared: None,
         expires_at: Some(Instant::now() + Duration::from_secs(3600)),
+        row: Some(NEXT_ROW.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
     }
 }

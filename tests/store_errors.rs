@@ -45,6 +45,7 @@ fn fill(dir: &TempDir, sessions: usize, per_session: usize) {
         subscription_ids: Vec::new(),
         shared: None,
         expires_at: None,
+        row: None,
     };
     for s in 0..sessions {
         let record = SessionRecord {

@@ -32,6 +32,7 @@ fn message(t: &str, expires_at: Option<Instant>) -> Delivery {
         subscription_ids: Vec::new(),
         shared: None,
         expires_at,
+        row: None,
     }
 }
 

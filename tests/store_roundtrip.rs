@@ -65,6 +65,7 @@ fn delivery(t: &str, qos: QoS, expires_at: Option<Instant>, properties: Properti
         subscription_ids: vec![NonZeroU32::new(5).unwrap(), NonZeroU32::new(77).unwrap()],
         shared: (qos == QoS::AtLeastOnce).then(|| filter("$share/group/a/+")),
         expires_at,
+        row: None,
     }
 }
 
@@ -79,7 +80,22 @@ fn now() -> Now {
     Now::new(Instant::now(), system)
 }
 
+/// A session with three in-flight and three queued messages in rows 0..=5, in order.
 fn full_record(now: &Now) -> SessionRecord {
+    let mut record = unnumbered_record(now);
+    let state = &mut record.state;
+    let messages = state
+        .inflight
+        .iter_mut()
+        .map(|m| &mut m.message)
+        .chain(state.queue.iter_mut());
+    for (row, message) in (0..).zip(messages) {
+        message.row = Some(row);
+    }
+    record
+}
+
+fn unnumbered_record(now: &Now) -> SessionRecord {
     let soon = Some(now.instant + Duration::from_millis(90_500));
     SessionRecord {
         expiry_interval: 3600,
@@ -239,8 +255,8 @@ fn a_session_that_never_expires_and_is_online_reads_back_as_such() {
 }
 
 #[test]
-fn queue_rows_are_appended_and_popped_without_touching_in_flight_messages() {
-    let dir = TempDir::new("queue");
+fn rows_and_inbound_ids_change_one_at_a_time_and_stay_gone_once_removed() {
+    let dir = TempDir::new("steps");
     let now = now();
     let store = open(&dir);
     let record = full_record(&now);
@@ -248,31 +264,77 @@ fn queue_rows_are_appended_and_popped_without_touching_in_flight_messages() {
     batch.put_session("c1", &record).expect("encodes");
     store.commit(batch, Durability::Sync).expect("commits");
 
-    let extra = delivery("q/4", QoS::AtLeastOnce, None, publish_properties());
+    let mut extra = delivery("q/4", QoS::ExactlyOnce, None, publish_properties());
+    extra.row = Some(10);
     let mut batch = WriteBatch::new(now);
     batch.append_queued("c1", &extra).expect("encodes");
-    batch.pop_queued("c1");
-    // Ignored: there is no such session, so no orphan row is written.
+    // q/1 (row 3) is sent under packet id 40; q/2 (row 4) finished.
+    batch.mark_inflight("c1", 3, id(40), false);
+    batch.delete_row("c1", 4);
+    batch.put_inbound("c1", id(7));
+    batch.delete_inbound("c1", id(3));
+    // Ignored: no such session or row, so nothing orphaned or brought back.
     batch.append_queued("nobody", &extra).expect("encodes");
+    batch.put_inbound("nobody", id(1));
+    batch.mark_inflight("c1", 99, id(1), true);
     store.commit(batch, Durability::Sync).expect("commits");
 
     let recovered = store.recover(now).expect("recovers");
     assert_eq!(recovered.sessions.len(), 1);
+    assert_eq!(recovered.next_row, 11);
     let state = &recovered.sessions[0].state;
-    assert_eq!(state.inflight, record.state.inflight);
-    let mut queue = record.state.queue[1..].to_vec();
-    queue.push(extra);
-    assert_eq!(state.queue, queue, "oldest queued popped, new one last");
+    let mut inflight = record.state.inflight.clone();
+    inflight.push(InflightMessage {
+        packet_id: id(40),
+        message: record.state.queue[0].clone(),
+        released: false,
+    });
+    assert_eq!(state.inflight, inflight);
+    assert_eq!(state.queue, vec![record.state.queue[2].clone(), extra]);
+    assert_eq!(state.awaiting_pubrel, vec![id(7), id(65535)]);
 
-    // Popping more than the queue holds leaves the in-flight messages alone.
+    // Released, then finished: a late step for a finished row does not bring it back.
     let mut batch = WriteBatch::new(now);
-    for _ in 0..10 {
-        batch.pop_queued("c1");
-    }
+    batch.mark_inflight("c1", 10, id(41), true);
     store.commit(batch, Durability::Sync).expect("commits");
     let state = &store.recover(now).expect("recovers").sessions[0].state;
-    assert!(state.queue.is_empty());
-    assert_eq!(state.inflight, record.state.inflight);
+    assert_eq!(
+        state.inflight.last().map(|m| (m.packet_id, m.released)),
+        Some((id(41), true))
+    );
+    let mut batch = WriteBatch::new(now);
+    batch.delete_row("c1", 10);
+    batch.mark_inflight("c1", 10, id(41), true);
+    store.commit(batch, Durability::Sync).expect("commits");
+    let state = &store.recover(now).expect("recovers").sessions[0].state;
+    assert!(state.inflight.iter().all(|m| m.message.row != Some(10)));
+    assert_eq!(state.queue.len(), 1);
+}
+
+#[test]
+fn messages_without_a_row_id_get_ids_after_the_highest() {
+    let dir = TempDir::new("unnumbered");
+    let now = now();
+    let store = open(&dir);
+    let mut record = unnumbered_record(&now);
+    record.state.queue[1].row = Some(7);
+    let mut batch = WriteBatch::new(now);
+    batch.put_session("c1", &record).expect("encodes");
+    store.commit(batch, Durability::Sync).expect("commits");
+    let recovered = store.recover(now).expect("recovers");
+    let state = &recovered.sessions[0].state;
+    let rows: Vec<Option<u64>> = state
+        .inflight
+        .iter()
+        .map(|m| m.message.row)
+        .chain(state.queue.iter().map(|d| d.row))
+        .collect();
+    // The queue is read back in row order: q/2 (row 7) comes before the ones numbered after it.
+    assert_eq!(
+        rows,
+        vec![Some(8), Some(9), Some(10), Some(7), Some(11), Some(12)]
+    );
+    assert_eq!(recovered.next_row, 13);
 }
 
 #[test]
@@ -310,6 +372,7 @@ fn put_session_replaces_and_deletes_remove_everything() {
         )],
         awaiting_pubrel: Vec::new(),
     };
+    smaller.state.queue[0].row = Some(0);
     let mut batch = WriteBatch::new(now);
     batch.put_session("c1", &smaller).expect("encodes");
     batch.delete_session("c2");
@@ -336,13 +399,13 @@ fn live_bytes_after_a_reopen_match_the_running_count() {
         batch
             .put_session("c1", &full_record(&now))
             .expect("encodes");
-        batch.pop_queued("c1");
-        batch
-            .append_queued(
-                "c1",
-                &delivery("x", QoS::AtLeastOnce, None, Properties::default()),
-            )
-            .expect("encodes");
+        batch.delete_row("c1", 3);
+        batch.put_inbound("c1", id(9));
+        batch.delete_inbound("c1", id(3));
+        let mut extra = delivery("x", QoS::AtLeastOnce, None, Properties::default());
+        extra.row = Some(20);
+        batch.append_queued("c1", &extra).expect("encodes");
+        batch.mark_inflight("c1", 20, id(5), false);
         batch
             .put_retained(&retained("r", None, Properties::default()))
             .expect("encodes");

@@ -2,12 +2,12 @@
 //! transaction (one fsync for a durable commit, however many changes it holds).
 
 use crate::broker::retained::RetainedMessage;
-use crate::protocol::{Delivery, TopicName};
+use crate::protocol::{Delivery, PacketId, TopicName};
 
 use super::encoding::{self, RowKind};
 use super::error::RecordError;
-use super::record::{Now, SessionRecord};
-use super::tables::row_key_bytes;
+use super::record::{Now, SessionMeta, SessionRecord};
+use super::tables::{inbound_key_bytes, row_key_bytes};
 
 /// Changes to commit together. Records are encoded when they are added (so a record that
 /// cannot be written is refused there, with nothing added), with times converted against
@@ -25,23 +25,45 @@ pub struct WriteBatch {
 /// One change, already encoded.
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
-    /// Replace the session's meta and all its message rows.
+    /// Replace the session's meta, all its message rows and inbound packet ids.
     PutSession {
         client_id: String,
         meta: Vec<u8>,
-        rows: Vec<Vec<u8>>,
+        rows: Vec<(u64, Vec<u8>)>,
+        inbound: Vec<u16>,
+    },
+    /// Replace the session's meta only.
+    PutMeta {
+        client_id: String,
+        meta: Vec<u8>,
     },
     DeleteSession {
         client_id: String,
     },
-    /// Add a row after the session's last; skipped if the session is not stored.
-    AppendQueued {
+    /// Write a message row; skipped if the session is not stored.
+    AppendRow {
         client_id: String,
+        id: u64,
         row: Vec<u8>,
     },
-    /// Remove the session's oldest queued row, if any.
-    PopQueued {
+    /// Change what a row says of its flow; skipped if the row is gone.
+    SetRowKind {
         client_id: String,
+        id: u64,
+        kind: RowKind,
+    },
+    DeleteRow {
+        client_id: String,
+        id: u64,
+    },
+    /// Record an inbound QoS 2 packet id; skipped if the session is not stored.
+    PutInbound {
+        client_id: String,
+        packet_id: u16,
+    },
+    DeleteInbound {
+        client_id: String,
+        packet_id: u16,
     },
     PutRetained {
         topic: String,
@@ -63,9 +85,11 @@ impl WriteBatch {
     }
 
     /// Stores the whole session under `client_id`, replacing what was stored: its meta
-    /// (expiry, offline time, subscriptions, will, inbound QoS 2 ids) and every message row
-    /// (in-flight first, in their order, then the queue). Costs the size of the session;
-    /// to add one message to a stored session's queue, use [`WriteBatch::append_queued`].
+    /// (expiry, offline time, subscriptions, will), every message row (in-flight first, in
+    /// their order, then the queue) and its inbound QoS 2 ids. A message keeps the row id
+    /// in its [`Delivery::row`]; one without gets the next id after the highest given.
+    /// Costs the size of the session; the broker writes a connected session step by step
+    /// instead ([`WriteBatch::put_meta`], [`WriteBatch::append_queued`], ...).
     pub fn put_session(
         &mut self,
         client_id: &str,
@@ -75,10 +99,25 @@ impl WriteBatch {
             what: format!("session {client_id:?} {what}"),
             detail,
         };
-        let meta = encoding::encode_meta(record, &self.now)
+        let meta = encoding::encode_meta(&record.meta(), &self.now)
             .map_err(|detail| refuse("record".to_string(), detail))?;
-        let mut rows = Vec::with_capacity(record.state.inflight.len() + record.state.queue.len());
-        for m in &record.state.inflight {
+        let state = &record.state;
+        let mut next_id = state
+            .inflight
+            .iter()
+            .map(|m| &m.message)
+            .chain(&state.queue)
+            .filter_map(|d| d.row)
+            .max()
+            .map_or(0, |max| max.saturating_add(1));
+        let mut row_id = |d: &Delivery| {
+            d.row.unwrap_or_else(|| {
+                next_id += 1;
+                next_id - 1
+            })
+        };
+        let mut rows = Vec::with_capacity(state.inflight.len() + state.queue.len());
+        for m in &state.inflight {
             let kind = RowKind::Inflight {
                 packet_id: m.packet_id,
                 released: m.released,
@@ -89,23 +128,42 @@ impl WriteBatch {
                     detail,
                 )
             })?;
-            rows.push(row);
+            rows.push((row_id(&m.message), row));
         }
-        for d in &record.state.queue {
+        for d in &state.queue {
             let row = encoding::encode_row(RowKind::Queued, d, &self.now)
                 .map_err(|detail| refuse(format!("queued message on {:?}", d.topic), detail))?;
-            rows.push(row);
+            rows.push((row_id(d), row));
         }
+        let inbound: Vec<u16> = state.awaiting_pubrel.iter().map(|id| id.get()).collect();
         self.bytes += client_id.len()
             + meta.len()
             + rows
                 .iter()
-                .map(|row| row_key_bytes(client_id) + row.len())
-                .sum::<usize>();
+                .map(|(_, row)| row_key_bytes(client_id) + row.len())
+                .sum::<usize>()
+            + inbound.len() * inbound_key_bytes(client_id);
         self.ops.push(Op::PutSession {
             client_id: client_id.to_string(),
             meta,
             rows,
+            inbound,
+        });
+        Ok(())
+    }
+
+    /// Stores the session's meta (expiry, offline time, subscriptions, pending will),
+    /// keeping its messages and inbound ids: what the broker writes when a persistent
+    /// session connects, changes its subscriptions, or goes offline.
+    pub fn put_meta(&mut self, client_id: &str, meta: &SessionMeta) -> Result<(), RecordError> {
+        let meta = encoding::encode_meta(meta, &self.now).map_err(|detail| RecordError {
+            what: format!("session {client_id:?} record"),
+            detail,
+        })?;
+        self.bytes += client_id.len() + meta.len();
+        self.ops.push(Op::PutMeta {
+            client_id: client_id.to_string(),
+            meta,
         });
         Ok(())
     }
@@ -119,38 +177,80 @@ impl WriteBatch {
         });
     }
 
-    /// Adds `message` at the end of a stored session's queue, without rewriting the rest
-    /// of the session: what the broker writes for each message it queues for an offline
-    /// client before it acknowledges the publish. Ignored at commit if the session is not
-    /// stored (write it with [`WriteBatch::put_session`] first, in this or an earlier batch).
+    /// Stores `message` as a queued row of a stored session, under its [`Delivery::row`]
+    /// (which a message must have to be stored alone): what the broker writes for every
+    /// QoS 1/2 copy it routes to a persistent session before it acknowledges the publish.
+    /// Ignored at commit if the session is not stored.
     pub fn append_queued(
         &mut self,
         client_id: &str,
         message: &Delivery,
     ) -> Result<(), RecordError> {
+        let what = || {
+            format!(
+                "session {client_id:?} queued message on {:?}",
+                message.topic
+            )
+        };
+        let id = message.row.ok_or_else(|| RecordError {
+            what: what(),
+            detail: "the message has no row id".to_string(),
+        })?;
         let row = encoding::encode_row(RowKind::Queued, message, &self.now).map_err(|detail| {
             RecordError {
-                what: format!(
-                    "session {client_id:?} queued message on {:?}",
-                    message.topic
-                ),
+                what: what(),
                 detail,
             }
         })?;
         self.bytes += row_key_bytes(client_id) + row.len();
-        self.ops.push(Op::AppendQueued {
+        self.ops.push(Op::AppendRow {
             client_id: client_id.to_string(),
+            id,
             row,
         });
         Ok(())
     }
 
-    /// Removes the oldest queued message of a stored session (in-flight messages are not
-    /// touched): the mirror of `QueuePolicy::DropOldest` evicting one.
-    pub fn pop_queued(&mut self, client_id: &str) {
-        self.bytes += client_id.len();
-        self.ops.push(Op::PopQueued {
+    /// Records that the message in row `id` is sent under `packet_id` (`released`: and
+    /// that the client's PUBREC came), so a restart resends it under the same id (QoS 2
+    /// exactly-once). Ignored at commit if the row is gone.
+    pub fn mark_inflight(&mut self, client_id: &str, id: u64, packet_id: PacketId, released: bool) {
+        self.bytes += row_key_bytes(client_id);
+        self.ops.push(Op::SetRowKind {
             client_id: client_id.to_string(),
+            id,
+            kind: RowKind::Inflight {
+                packet_id,
+                released,
+            },
+        });
+    }
+
+    /// Removes the message in row `id`: its flow finished, or it was dropped.
+    pub fn delete_row(&mut self, client_id: &str, id: u64) {
+        self.bytes += client_id.len();
+        self.ops.push(Op::DeleteRow {
+            client_id: client_id.to_string(),
+            id,
+        });
+    }
+
+    /// Records an inbound QoS 2 packet id the broker has taken and that awaits the
+    /// client's PUBREL. Ignored at commit if the session is not stored.
+    pub fn put_inbound(&mut self, client_id: &str, packet_id: PacketId) {
+        self.bytes += inbound_key_bytes(client_id);
+        self.ops.push(Op::PutInbound {
+            client_id: client_id.to_string(),
+            packet_id: packet_id.get(),
+        });
+    }
+
+    /// Forgets an inbound QoS 2 packet id: the client released it (PUBREL).
+    pub fn delete_inbound(&mut self, client_id: &str, packet_id: PacketId) {
+        self.bytes += client_id.len();
+        self.ops.push(Op::DeleteInbound {
+            client_id: client_id.to_string(),
+            packet_id: packet_id.get(),
         });
     }
 

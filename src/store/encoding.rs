@@ -14,7 +14,6 @@
 //!                    | n u16 | n x subscription id u32 | PUBLISH (rest of the value)
 //! retained     : ver | flags u8 | [expiry u64] | PUBLISH (retain=1, rest of the value)
 //! session meta : ver | expiry interval u32 | flags u8 | [offline since u64]
-//!                    | n u32 | n x packet id u16 (awaiting PUBREL)
 //!                    | n u32 | n x (filter u16+bytes | options u8 | identifier u32, 0 = none)
 //!                    | [will: due u64 | has delay u8 | delay u32 | PUBLISH (rest of the value)]
 //! ```
@@ -34,7 +33,7 @@ use crate::protocol::{
     RetainHandling, SubscriptionOptions, TopicFilter, TopicName, Will,
 };
 
-use super::record::{Now, PendingWill, SessionRecord, StoredSubscription};
+use super::record::{Now, PendingWill, SessionMeta, StoredSubscription};
 
 /// The version byte at the front of every value this build writes.
 pub(crate) const RECORD_VERSION: u8 = 1;
@@ -125,7 +124,6 @@ pub(crate) struct StoredRow {
 pub(crate) struct StoredMeta {
     pub(crate) expiry_interval: u32,
     pub(crate) offline_since: Option<WallMillis>,
-    pub(crate) awaiting_pubrel: Vec<PacketId>,
     pub(crate) subscriptions: Vec<StoredSubscription>,
     pub(crate) will: Option<(Will, WallMillis)>,
 }
@@ -137,9 +135,31 @@ pub(crate) struct StoredRetained {
     pub(crate) publish: Publish,
 }
 
-/// The first byte of a message row after the version: whether it is queued.
-pub(crate) fn row_is_queued(value: &[u8]) -> bool {
-    value.get(1) == Some(&KIND_QUEUED)
+/// `row` with its kind and packet id replaced (they sit at fixed offsets after the
+/// version); `None` if it is too short to be a row.
+pub(crate) fn set_row_kind(row: &[u8], kind: RowKind) -> Option<Vec<u8>> {
+    if row.len() < 4 {
+        return None;
+    }
+    let (kind, packet_id) = kind_bytes(kind);
+    let mut updated = row.to_vec();
+    updated[1] = kind;
+    updated[2..4].copy_from_slice(&packet_id.to_be_bytes());
+    Some(updated)
+}
+
+fn kind_bytes(kind: RowKind) -> (u8, u16) {
+    match kind {
+        RowKind::Queued => (KIND_QUEUED, 0),
+        RowKind::Inflight {
+            packet_id,
+            released: false,
+        } => (KIND_INFLIGHT, packet_id.get()),
+        RowKind::Inflight {
+            packet_id,
+            released: true,
+        } => (KIND_RELEASED, packet_id.get()),
+    }
 }
 
 pub(crate) fn encode_row(kind: RowKind, d: &Delivery, now: &Now) -> Result<Vec<u8>, String> {
@@ -152,17 +172,7 @@ pub(crate) fn encode_row(kind: RowKind, d: &Delivery, now: &Now) -> Result<Vec<u
     )?;
     let mut w = Vec::with_capacity(16 + publish.len());
     w.push(RECORD_VERSION);
-    let (kind, packet_id) = match kind {
-        RowKind::Queued => (KIND_QUEUED, 0),
-        RowKind::Inflight {
-            packet_id,
-            released: false,
-        } => (KIND_INFLIGHT, packet_id.get()),
-        RowKind::Inflight {
-            packet_id,
-            released: true,
-        } => (KIND_RELEASED, packet_id.get()),
-    };
+    let (kind, packet_id) = kind_bytes(kind);
     w.push(kind);
     w.extend_from_slice(&packet_id.to_be_bytes());
     let mut flags = 0;
@@ -234,6 +244,7 @@ pub(crate) fn decode_row(value: &[u8]) -> Result<StoredRow, String> {
             subscription_ids,
             shared,
             expires_at: None,
+            row: None,
         },
     })
 }
@@ -281,7 +292,7 @@ pub(crate) fn decode_retained(value: &[u8]) -> Result<StoredRetained, String> {
     })
 }
 
-pub(crate) fn encode_meta(record: &SessionRecord, now: &Now) -> Result<Vec<u8>, String> {
+pub(crate) fn encode_meta(record: &SessionMeta, now: &Now) -> Result<Vec<u8>, String> {
     let mut w = Vec::with_capacity(32 + 16 * record.subscriptions.len());
     w.push(RECORD_VERSION);
     w.extend_from_slice(&record.expiry_interval.to_be_bytes());
@@ -295,10 +306,6 @@ pub(crate) fn encode_meta(record: &SessionRecord, now: &Now) -> Result<Vec<u8>, 
     w.push(flags);
     if let Some(at) = record.offline_since {
         w.extend_from_slice(&now.wall(at).0.to_be_bytes());
-    }
-    put_len32(&mut w, record.state.awaiting_pubrel.len())?;
-    for id in &record.state.awaiting_pubrel {
-        w.extend_from_slice(&id.get().to_be_bytes());
     }
     put_len32(&mut w, record.subscriptions.len())?;
     for sub in &record.subscriptions {
@@ -335,12 +342,6 @@ pub(crate) fn decode_meta(value: &[u8]) -> Result<StoredMeta, String> {
     } else {
         None
     };
-    let count = r.len32("packet id count", 2)?;
-    let mut awaiting_pubrel = Vec::with_capacity(count);
-    for _ in 0..count {
-        let id = r.u16("packet id")?;
-        awaiting_pubrel.push(PacketId::new(id).ok_or_else(|| "packet id 0".to_string())?);
-    }
     let count = r.len32("subscription count", 7)?;
     let mut subscriptions = Vec::with_capacity(count);
     for _ in 0..count {
@@ -377,7 +378,6 @@ pub(crate) fn decode_meta(value: &[u8]) -> Result<StoredMeta, String> {
     Ok(StoredMeta {
         expiry_interval,
         offline_since,
-        awaiting_pubrel,
         subscriptions,
         will,
     })
@@ -541,8 +541,6 @@ mod tests {
 
     use super::*;
     use crate::protocol::codec::strategies;
-    use crate::protocol::InflightMessage;
-    use crate::protocol::SessionSnapshot;
 
     fn now() -> Now {
         Now::new(
@@ -571,6 +569,7 @@ mod tests {
             subscription_ids: vec![NonZeroU32::MIN, NonZeroU32::MAX],
             shared: Some(TopicFilter::new("$share/g/a/#").expect("filter")),
             expires_at: None,
+            row: None,
         }
     }
 
@@ -643,7 +642,7 @@ mod tests {
                 ..Properties::default()
             },
         };
-        let mut record = SessionRecord {
+        let mut record = SessionMeta {
             expiry_interval: 3600,
             offline_since: Some(now.instant),
             subscriptions: vec![StoredSubscription {
@@ -655,16 +654,10 @@ mod tests {
                 will: will.clone(),
                 due: now.instant + Duration::from_secs(30),
             }),
-            state: SessionSnapshot {
-                inflight: Vec::new(),
-                queue: Vec::new(),
-                awaiting_pubrel: vec![PacketId::MIN, PacketId::new(9).expect("id")],
-            },
         };
         let meta = decode_meta(&encode_meta(&record, &now).expect("encodes")).expect("decodes");
         assert_eq!(meta.expiry_interval, 3600);
         assert_eq!(meta.offline_since, Some(now.wall(now.instant)));
-        assert_eq!(meta.awaiting_pubrel, record.state.awaiting_pubrel);
         assert_eq!(meta.subscriptions, record.subscriptions);
         assert_eq!(meta.will, Some((will, now.wall(now.instant).plus_secs(30))));
 
@@ -679,7 +672,7 @@ mod tests {
         let now = now();
         let mut d = delivery("t");
         d.expires_at = Some(now.instant);
-        let record = SessionRecord {
+        let record = SessionMeta {
             expiry_interval: 1,
             offline_since: Some(now.instant),
             subscriptions: vec![StoredSubscription {
@@ -688,15 +681,6 @@ mod tests {
                 identifier: None,
             }],
             will: None,
-            state: SessionSnapshot {
-                inflight: vec![InflightMessage {
-                    packet_id: PacketId::MIN,
-                    message: d.clone(),
-                    released: false,
-                }],
-                queue: Vec::new(),
-                awaiting_pubrel: vec![PacketId::MIN],
-            },
         };
         let row = encode_row(RowKind::Queued, &d, &now).expect("encodes");
         let meta = encode_meta(&record, &now).expect("encodes");
@@ -774,6 +758,7 @@ mod tests {
                 subscription_ids: ids.into_iter().filter_map(NonZeroU32::new).collect(),
                 shared,
                 expires_at: expiry_ms.map(|ms| now.instant + Duration::from_millis(ms)),
+                row: None,
             };
             let kind = if queued {
                 RowKind::Queued

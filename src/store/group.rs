@@ -37,9 +37,6 @@ pub struct GroupCommitConfig {
     pub window: Duration,
     /// Most batches in one group; a full group commits without waiting out the window.
     pub max_batches: usize,
-    /// Batches that may wait for the committer before `submit` waits to hand one over
-    /// (backpressure on publishers rather than unbounded memory).
-    pub queue: usize,
 }
 
 impl GroupCommitConfig {
@@ -48,7 +45,6 @@ impl GroupCommitConfig {
             durability,
             window,
             max_batches: 4096,
-            queue: 8192,
         }
     }
 }
@@ -57,7 +53,11 @@ impl GroupCommitConfig {
 /// handle is dropped and the batches already submitted are committed.
 #[derive(Debug, Clone)]
 pub struct GroupCommitter {
-    jobs: mpsc::Sender<Job>,
+    // Unbounded so that `enqueue` is synchronous and keeps the order of its callers: a
+    // step of a message must never be applied before the write that created its row. The
+    // broker bounds what waits here: each publish waits for its own commit before the
+    // publisher's window (receive maximum) lets another in.
+    jobs: mpsc::UnboundedSender<Job>,
     durability: Durability,
     store: Arc<Store>,
 }
@@ -77,7 +77,7 @@ impl GroupCommitter {
     /// `tokio::spawn` does). With [`Durability::None`] no task does any work: submits
     /// resolve at once.
     pub fn spawn(store: Arc<Store>, config: GroupCommitConfig) -> (GroupCommitter, CommitterTask) {
-        let (jobs, rx) = mpsc::channel(config.queue.max(1));
+        let (jobs, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(Arc::clone(&store), rx, config));
         let committer = GroupCommitter {
             jobs,
@@ -90,29 +90,67 @@ impl GroupCommitter {
     /// Resolves once `batch` is committed: durably (on disk) for `Sync` and `Group`;
     /// immediately, without touching the store, for `None` (memory-only mode: the broker's
     /// in-memory state is the only copy). An empty batch resolves immediately.
-    ///
-    /// Cancel safety: dropping the future before it resolves never applies part of the
-    /// batch. Once handed to the committer (the first await point that completes) the
-    /// batch is committed anyway, and the caller only loses the result; before that it is
-    /// dropped unapplied.
     pub async fn submit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.enqueue(batch).await
+    }
+
+    /// Hands `batch` to the committer now, behind every batch enqueued before it (by any
+    /// caller): batches are applied in the order of their `enqueue` calls. The returned
+    /// [`Commit`] resolves when it is committed; dropping it does not cancel the batch.
+    pub fn enqueue(&self, batch: WriteBatch) -> Commit {
         if self.durability == Durability::None || batch.is_empty() {
-            return Ok(());
+            return Commit::Done;
         }
         let (done, result) = oneshot::channel();
-        let stopped = || StoreError::CommitterStopped {
-            path: self.store.path().to_path_buf(),
-        };
-        self.jobs
-            .send(Job { batch, done })
-            .await
-            .map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
+        match self.jobs.send(Job { batch, done }) {
+            Ok(()) => Commit::Waiting {
+                result,
+                path: self.store.path().to_path_buf(),
+            },
+            Err(_) => Commit::Stopped(self.store.path().to_path_buf()),
+        }
     }
 
     /// The store the committer writes to (for [`Store::usage`]).
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+}
+
+/// A batch handed to the committer; resolves to the outcome of its commit.
+#[derive(Debug)]
+pub enum Commit {
+    /// Nothing to write (an empty batch, or `Durability::None`).
+    Done,
+    Waiting {
+        result: oneshot::Receiver<Result<(), StoreError>>,
+        path: std::path::PathBuf,
+    },
+    /// The committer task has ended.
+    Stopped(std::path::PathBuf),
+}
+
+impl std::future::Future for Commit {
+    type Output = Result<(), StoreError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        match self.get_mut() {
+            Commit::Done => Poll::Ready(Ok(())),
+            Commit::Stopped(path) => {
+                Poll::Ready(Err(StoreError::CommitterStopped { path: path.clone() }))
+            }
+            Commit::Waiting { result, path } => match std::pin::Pin::new(result).poll(cx) {
+                Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
+                Poll::Ready(Err(_)) => {
+                    Poll::Ready(Err(StoreError::CommitterStopped { path: path.clone() }))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -126,7 +164,7 @@ impl CommitterTask {
     }
 }
 
-async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, config: GroupCommitConfig) {
+async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Job>, config: GroupCommitConfig) {
     let max_batches = config.max_batches.max(1);
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];

@@ -101,6 +101,7 @@
 //!     subscription_ids: Vec::new(),
 //!     shared: None,
 //!     expires_at: None,
+//!     row: Some(0),
 //! };
 //! let now = Now::from_clocks();
 //! let mut batch = WriteBatch::new(now);
@@ -142,16 +143,18 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableError};
 
 pub use batch::WriteBatch;
 pub use error::{RecordError, StoreError};
-pub use group::{CommitterTask, GroupCommitConfig, GroupCommitter};
+pub use group::{Commit, CommitterTask, GroupCommitConfig, GroupCommitter};
 pub use record::{
-    ExpiredSessionWill, Now, PendingWill, Recovered, RecoveredSession, RecoveryReport,
+    ExpiredSessionWill, Now, PendingWill, Recovered, RecoveredSession, RecoveryReport, SessionMeta,
     SessionRecord, StoredSubscription, NEVER_EXPIRES,
 };
 
 use tables::{Tables, META, SCHEMA_VERSION_KEY};
 
 /// The version of the table layout and record formats this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 2: message rows keyed by the broker's row ids, inbound QoS 2 ids in a table of
+/// their own (written step by step while a session is connected).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The store's file name inside the data directory.
 pub const FILE_NAME: &str = "twinmq.redb";

@@ -60,6 +60,30 @@ pub struct SessionRecord {
     pub state: SessionSnapshot,
 }
 
+impl SessionRecord {
+    /// Everything but the messages and inbound ids.
+    pub fn meta(&self) -> SessionMeta {
+        SessionMeta {
+            expiry_interval: self.expiry_interval,
+            offline_since: self.offline_since,
+            subscriptions: self.subscriptions.clone(),
+            will: self.will.clone(),
+        }
+    }
+}
+
+/// What a session is apart from its messages, written with
+/// [`WriteBatch::put_meta`](super::WriteBatch::put_meta): the fields of a
+/// [`SessionRecord`] without its `state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionMeta {
+    pub expiry_interval: u32,
+    /// When the client disconnected; `None` while it is connected.
+    pub offline_since: Option<Instant>,
+    pub subscriptions: Vec<StoredSubscription>,
+    pub will: Option<PendingWill>,
+}
+
 /// One subscription of a session, with everything SUBSCRIBE gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSubscription {
@@ -88,6 +112,8 @@ pub struct Recovered {
     /// Wills of sessions that expired while the broker was down: a session's end
     /// publishes its will [MQTT-3.1.3-9], so these are due now.
     pub wills_of_expired_sessions: Vec<ExpiredSessionWill>,
+    /// Above every row id in the file: where the broker's row ids continue.
+    pub next_row: u64,
     pub report: RecoveryReport,
 }
 

@@ -3,14 +3,16 @@
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::broker::retained::RetainedMessage;
-use crate::protocol::{InflightMessage, SessionSnapshot};
+use crate::protocol::{InflightMessage, PacketId, SessionSnapshot};
 
 use super::encoding::{decode_meta, decode_retained, decode_row, RowKind, WallMillis};
 use super::record::{
     ExpiredSessionWill, Now, PendingWill, Recovered, RecoveredSession, RecoveryReport,
     NEVER_EXPIRES,
 };
-use super::tables::{row_key_bytes, row_range, Tables, MESSAGES, RETAINED, SESSIONS};
+use super::tables::{
+    inbound_range, row_key_bytes, row_range, Tables, INBOUND, MESSAGES, RETAINED, SESSIONS,
+};
 use super::{guard_panics, Store, StoreError};
 
 /// What recovery drops from the file.
@@ -54,12 +56,14 @@ impl Store {
             .map_err(|e| read_err(e.into()))?;
         let sessions_table = txn.open_table(SESSIONS).map_err(|e| read_err(e.into()))?;
         let messages_table = txn.open_table(MESSAGES).map_err(|e| read_err(e.into()))?;
+        let inbound_table = txn.open_table(INBOUND).map_err(|e| read_err(e.into()))?;
         let retained_table = txn.open_table(RETAINED).map_err(|e| read_err(e.into()))?;
 
         let mut report = RecoveryReport::default();
         let mut cleanup = Cleanup::default();
         let mut sessions = Vec::new();
         let mut wills_of_expired_sessions = Vec::new();
+        let mut next_row = 0u64;
 
         for entry in sessions_table.iter().map_err(|e| read_err(e.into()))? {
             let (key, value) = entry.map_err(|e| read_err(e.into()))?;
@@ -89,14 +93,28 @@ impl Store {
             let mut state = SessionSnapshot {
                 inflight: Vec::new(),
                 queue: Vec::new(),
-                awaiting_pubrel: meta.awaiting_pubrel,
+                awaiting_pubrel: Vec::new(),
             };
+            for entry in inbound_table
+                .range(inbound_range(&client_id))
+                .map_err(|e| read_err(e.into()))?
+            {
+                let (key, _) = entry.map_err(|e| read_err(e.into()))?;
+                let id = PacketId::new(key.value().1).ok_or_else(|| {
+                    corrupt(
+                        format!("session {client_id:?}"),
+                        "inbound packet id 0".to_string(),
+                    )
+                })?;
+                state.awaiting_pubrel.push(id);
+            }
             let rows = messages_table
                 .range(row_range(&client_id))
                 .map_err(|e| read_err(e.into()))?;
             for row in rows {
                 let (key, value) = row.map_err(|e| read_err(e.into()))?;
                 let seq = key.value().1;
+                next_row = next_row.max(seq.saturating_add(1));
                 let row = decode_row(value.value())
                     .map_err(|d| corrupt(format!("session {client_id:?} message {seq}"), d))?;
                 let expired = row.expires_at.is_some_and(|at| at <= now_wall);
@@ -106,6 +124,7 @@ impl Store {
                     continue;
                 }
                 let mut message = row.delivery;
+                message.row = Some(seq);
                 // Beyond what an Instant can hold: it never comes.
                 message.expires_at = row.expires_at.and_then(|at| now.instant(at));
                 report.messages += 1;
@@ -171,13 +190,19 @@ impl Store {
             });
         }
 
-        drop((sessions_table, messages_table, retained_table));
+        drop((
+            sessions_table,
+            messages_table,
+            inbound_table,
+            retained_table,
+        ));
         drop(txn);
         self.remove(cleanup)?;
         Ok(Recovered {
             sessions,
             retained,
             wills_of_expired_sessions,
+            next_row,
             report,
         })
     }
@@ -204,7 +229,7 @@ impl Store {
                 {
                     removed += client_id.len() + old.value().len();
                 }
-                removed += tables.remove_rows(client_id).map_err(write_err)?;
+                removed += tables.remove_session_data(client_id).map_err(write_err)?;
             }
             for (client_id, seq) in &cleanup.rows {
                 if let Some(old) = tables
