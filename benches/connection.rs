@@ -120,6 +120,7 @@ impl Outbound {
                 subscription_ids: Vec::new(),
                 shared: None,
                 expires_at: None,
+                row: None,
             })
             .collect();
         Outbound {

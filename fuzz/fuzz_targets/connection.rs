@@ -255,6 +255,7 @@ fn delivery(qos: QoS) -> Delivery {
         subscription_ids: Vec::new(),
         shared: None,
         expires_at: None,
+        row: None,
     }
 }
 

@@ -13,12 +13,13 @@ use super::auth::{certificate_common_name, Action, ClientAcl};
 use super::core::will_delay;
 use super::core::{Broker, Stats};
 use super::index::ClientId;
-use super::persist::{AckSequencer, PublishWrites};
+use super::persist::AckSequencer;
 use super::session::SessionKey;
 use crate::protocol::{
-    ConnectAccept, Connection, Event, MqttString, ProtocolVersion, ReasonCode, SessionState,
+    ConnectAccept, Connection, Event, FlowStep, InboundAck, MqttString, ProtocolVersion, QoS,
+    ReasonCode, SessionState,
 };
-use crate::store::PendingWill;
+use crate::store::{Commit, Now, PendingWill, WriteBatch};
 use crate::transport::listener::{Accepted, PeerInfo, Service};
 use crate::transport::{drive, Command, EventSink};
 
@@ -118,39 +119,67 @@ impl EventSink for ClientHandler {
                     }
                     return;
                 }
-                let durable = ack.is_some() && self.broker.committer.is_some();
-                let mut writes = PublishWrites::default();
-                let matched = self.broker.publish_collecting(
-                    self.key.as_ref(),
-                    &message,
-                    now,
-                    durable.then_some(&mut writes),
-                );
+                // A persistent publisher's QoS 2 id is stored with the message, so a resend
+                // after a restart is recognised and not routed again [MQTT-4.3.3-9].
+                let inbound = ack
+                    .as_ref()
+                    .filter(|a| a.qos() == QoS::ExactlyOnce)
+                    .map(InboundAck::packet_id);
+                let routed = self.broker.route(self.key.as_ref(), &message, now, inbound);
                 if let Some(ack) = ack {
-                    let reason = if matched == 0 && conn.version() == Some(ProtocolVersion::V5) {
-                        ReasonCode::NoMatchingSubscribers
-                    } else {
-                        ReasonCode::Success
-                    };
+                    let reason =
+                        if routed.matched == 0 && conn.version() == Some(ProtocolVersion::V5) {
+                            ReasonCode::NoMatchingSubscribers
+                        } else {
+                            ReasonCode::Success
+                        };
                     match &self.acks {
                         // Acknowledged once what it changed is durable, in arrival order.
-                        Some(acks) => acks.push(self.broker.persist_publish(writes), ack, reason),
+                        Some(acks) => acks.push(routed.durable, ack, reason),
                         None => conn.accept_publish(now, ack, reason),
                     }
                 }
             }
             Event::Subscribe(subscribe) => {
                 let Some(key) = &self.key else { return };
-                let (suback, retained) = self.broker.subscribe(key, &self.acl, subscribe, now);
-                conn.send_suback(now, suback);
-                for delivery in retained {
-                    conn.deliver(now, delivery);
+                let (suback, mut retained) = self.broker.subscribe(key, &self.acl, subscribe, now);
+                // A persistent session's subscriptions (and the retained messages they
+                // bring) are stored before the SUBACK says they exist.
+                let mut batch = WriteBatch::new(Now::from_clocks());
+                for delivery in &mut retained {
+                    self.broker.stamp_row(key, delivery, &mut batch);
                 }
+                let commit = self.broker.write_meta(key, None, None, batch);
+                self.after_commit(commit, Command::SubAck(suback, retained));
             }
             Event::Unsubscribe(unsubscribe) => {
                 let Some(key) = &self.key else { return };
                 let unsuback = self.broker.unsubscribe(key, unsubscribe);
-                conn.send_unsuback(now, unsuback);
+                let commit =
+                    self.broker
+                        .write_meta(key, None, None, WriteBatch::new(Now::from_clocks()));
+                self.after_commit(commit, Command::UnsubAck(unsuback));
+            }
+            Event::Flow(step) => {
+                let Some(key) = &self.key else { return };
+                let commit = self
+                    .broker
+                    .record_flow(key.entry().client_id().as_str(), step);
+                match step {
+                    FlowStep::Sending { row, packet_id }
+                    | FlowStep::Received { row, packet_id } => {
+                        self.after_commit(commit, Command::FlowRecorded(packet_id, row));
+                    }
+                    // Nothing waits for a finished row to go.
+                    FlowStep::Finished { .. } => {}
+                }
+            }
+            Event::Released { packet_id } => {
+                let Some(key) = &self.key else { return };
+                let commit = self
+                    .broker
+                    .record_release(key.entry().client_id().as_str(), packet_id);
+                self.after_commit(commit, Command::ReleaseRecorded(packet_id));
             }
             Event::Auth(_) => {
                 // No enhanced authentication method is supported.
@@ -176,6 +205,30 @@ impl EventSink for ClientHandler {
 }
 
 impl ClientHandler {
+    /// Sends `then` to the connection once `commit` is durable (at once without one). A
+    /// failed commit ends the connection: the store can no longer keep its promises, and
+    /// the client's retry after reconnecting is safe.
+    fn after_commit(&self, commit: Option<Commit>, then: Command) {
+        let Some(commit) = commit else {
+            let _ = self.mailbox.send(then);
+            return;
+        };
+        let mailbox = self.mailbox.clone();
+        tokio::spawn(
+            async move {
+                let command = match commit.await {
+                    Ok(()) => then,
+                    Err(err) => {
+                        tracing::error!(error = %err, "store commit failed: disconnecting");
+                        Command::Disconnect(ReasonCode::ImplementationSpecificError)
+                    }
+                };
+                let _ = mailbox.send(command);
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+
     fn on_connect(
         &mut self,
         conn: &mut Connection,
@@ -231,6 +284,8 @@ impl ClientHandler {
         });
         let key = SessionKey::new(Arc::clone(&entry));
         self.key = Some(key.clone());
+        // A stored session's inbound QoS 2 ids are forgotten in the store before PUBCOMP.
+        conn.record_releases(self.broker.committer.is_some() && entry.is_persistent());
         let broker = Arc::clone(&self.broker);
         let mailbox = self.mailbox.clone();
         let generation = self.generation;
@@ -249,18 +304,28 @@ impl ClientHandler {
                     let _ = mailbox.send(Command::RejectConnect(ReasonCode::ServerBusy));
                     return false;
                 };
+                let id = key.entry().client_id().as_str();
                 let (session, session_present) = if clean_start || !present {
                     // A fresh session starts without the old one's subscriptions.
                     broker.index.remove_client(&key);
                     if present {
-                        broker
-                            .forget_session(key.entry().client_id().as_str())
-                            .await;
+                        wait_for(broker.forget_session(id)).await;
                     }
                     (SessionState::new(), false)
                 } else {
+                    if !key.entry().is_persistent() {
+                        // Resumed, but it ends with this connection: nothing of it stays.
+                        wait_for(broker.forget_session(id)).await;
+                    }
                     (state, true)
                 };
+                // Stored (online) before the CONNACK, so a crash from here on finds it.
+                let empty = WriteBatch::new(Now::from_clocks());
+                if let Some(Err(err)) = wait_for(broker.write_meta(&key, None, None, empty)).await {
+                    // Publishes will be refused (their commits fail too); the client learns
+                    // from those rather than being kept out.
+                    tracing::error!(error = %err, "cannot store the session");
+                }
                 broker.index.set_online(&key, true);
                 Stats::add(&broker.stats.clients_connected, 1);
                 Stats::add(&broker.stats.connections_total, 1);
@@ -297,15 +362,6 @@ impl ClientHandler {
             secs => now.checked_add(Duration::from_secs(u64::from(secs))),
         };
         key.entry().set_expiry(expiry);
-        key.entry()
-            .go_offline(self.generation, state, mailbox, expires_at);
-        self.broker.index.set_online(&key, false);
-        self.broker
-            .stats
-            .clients_connected
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        // The will is scheduled first: its delay is measured against this disconnection,
-        // and a reconnect that lands while the session is being written must cancel it.
         let pending = report.will.as_ref().and_then(|will| {
             let delay = will_delay(will, expiry);
             (!delay.is_zero()).then(|| PendingWill {
@@ -313,16 +369,37 @@ impl ClientHandler {
                 due: std::time::Instant::now() + delay,
             })
         });
+        // Stored as offline before it is handed back, so whatever a reconnect writes next
+        // lands after this.
+        let offline = WriteBatch::new(Now::from_clocks());
+        let commit =
+            self.broker
+                .write_meta(&key, Some(std::time::Instant::now()), pending, offline);
+        if let Some(Err(err)) = wait_for(commit).await {
+            tracing::error!(error = %err, "cannot store the session going offline");
+        }
+        key.entry()
+            .go_offline(self.generation, state, mailbox, expires_at);
+        self.broker.index.set_online(&key, false);
+        self.broker
+            .stats
+            .clients_connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // The will is scheduled after the hand-back: its delay is measured against this
+        // disconnection, and a reconnect must be able to cancel it.
         if let Some(will) = report.will {
             tracing::info!(topic = %will.topic, "publishing will");
             self.broker.schedule_will(key.clone(), will, expiry);
         }
         if expiry == 0 && self.broker.registry.remove_if_expired(key.entry(), now) {
             self.broker.end_session(&key);
-        } else if expiry > 0 {
-            self.broker.persist_session(&key, pending).await;
         }
     }
+}
+
+/// Waits for a commit, if there is one, logging nothing (callers decide).
+async fn wait_for(commit: Option<Commit>) -> Option<Result<(), crate::store::StoreError>> {
+    Some(commit?.await)
 }
 
 /// A client id for a client that sent none: unique per broker run.

@@ -9,14 +9,14 @@ use tokio::sync::watch;
 
 use super::auth::{Acl, Action, Authenticator, ClientAcl};
 use super::index::{parse_shared, SharedFilter, SharedIndex};
-use super::persist::PublishWrites;
+use super::persist::{Durable, Pending};
 use super::retained::{RetainedMessage, RetainedStore};
 use super::session::{Delivered, Registry, SessionKey};
 use crate::protocol::{
-    ConnectionConfig, Delivery, Properties, Publish, QoS, QosPid, ReasonCode, SubAck, Subscribe,
-    TopicName, UnsubAck, Unsubscribe, Will,
+    ConnectionConfig, Delivery, PacketId, Properties, Publish, QoS, QosPid, ReasonCode, SubAck,
+    Subscribe, TopicName, UnsubAck, Unsubscribe, Will,
 };
-use crate::store::GroupCommitter;
+use crate::store::{GroupCommitter, Now, WriteBatch};
 use crate::transport::Command;
 
 /// Broker-wide settings (the protocol limits of each connection included).
@@ -49,6 +49,14 @@ impl Default for BrokerConfig {
             acl: Acl::allow_all(),
         }
     }
+}
+
+/// What [`Broker::route`] did with a message.
+pub(crate) struct Routed {
+    /// Subscribers it was routed to.
+    pub matched: usize,
+    /// When its writes are durable (at once if there were none).
+    pub durable: Pending,
 }
 
 /// Counters for `$SYS` and the benchmarks.
@@ -85,6 +93,8 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     /// The store, unless `storage.durability = none`.
     pub(crate) committer: Option<GroupCommitter>,
+    /// The next store row id (see `persist.rs`); continues after the recovered ones.
+    pub(crate) next_row: AtomicU64,
 }
 
 impl std::fmt::Debug for Broker {
@@ -112,6 +122,7 @@ impl Broker {
             started: Instant::now(),
             shutdown,
             committer,
+            next_row: AtomicU64::new(0),
         })
     }
 
@@ -172,44 +183,63 @@ impl Broker {
         message: &Publish,
         now: Instant,
     ) -> usize {
-        self.publish_collecting(publisher, message, now, None)
+        self.route(publisher, message, now, None).matched
     }
 
-    /// [`Broker::publish`], also gathering what must be stored before the publisher may
-    /// be acknowledged: the QoS 1/2 copies for persistent sessions and the retained change.
-    pub(crate) fn publish_collecting(
+    /// [`Broker::publish`], storing a QoS 1/2 message's copies for persistent sessions and
+    /// its retained change (with `inbound`, the publisher's QoS 2 packet id) in one batch,
+    /// enqueued before any copy is handed over. A store over `storage.max_store_bytes`
+    /// refuses the message (0x97 quota exceeded) and routes nothing.
+    pub(crate) fn route(
         &self,
         publisher: Option<&SessionKey>,
         message: &Publish,
         now: Instant,
-        mut writes: Option<&mut PublishWrites>,
-    ) -> usize {
+        inbound: Option<PacketId>,
+    ) -> Routed {
+        let stored = self.committer.is_some() && message.qos() > QoS::AtMostOnce;
+        if stored && self.store_full() {
+            Stats::add(&self.stats.messages_dropped, 1);
+            tracing::warn!(
+                limit = self.config.max_store_bytes,
+                topic = %message.topic,
+                "store full (storage.max_store_bytes): publish refused with 0x97"
+            );
+            return Routed {
+                matched: 0,
+                durable: Pending::Ready(Durable::Refused(ReasonCode::QuotaExceeded)),
+            };
+        }
         Stats::add(&self.stats.messages_received, 1);
+        let mut batch = WriteBatch::new(Now::from_clocks());
         let expires_at = message
             .properties
             .message_expiry_interval
             .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs))));
         if message.retain {
-            self.retain(message, expires_at);
-            if let Some(writes) = writes.as_deref_mut() {
-                if message.payload.is_empty() {
-                    writes.retained_cleared = Some(message.topic.clone());
-                } else {
-                    writes.retained = Some(RetainedMessage {
-                        topic: message.topic.clone(),
-                        payload: message.payload.clone(),
-                        qos: message.qos(),
-                        properties: forwarded_properties(&message.properties),
-                        expires_at,
-                    });
+            let retained = self.retain(message, expires_at);
+            if stored {
+                match retained {
+                    Some(retained) => {
+                        if let Err(err) = batch.put_retained(&retained) {
+                            tracing::error!(error = %err, "retained message not stored");
+                        }
+                    }
+                    None => batch.delete_retained(&message.topic),
                 }
+            }
+        }
+        if let (true, Some(publisher), Some(id)) = (stored, publisher, inbound) {
+            if publisher.entry().is_persistent() {
+                batch.put_inbound(publisher.entry().client_id().as_str(), id);
             }
         }
         let forwarded = Arc::new(forwarded_properties(&message.properties));
         let routes = self.index.matches(&message.topic, publisher);
-        let count = routes.len();
+        let matched = routes.len();
+        let mut copies = Vec::with_capacity(matched);
         for route in routes {
-            let delivery = Delivery {
+            let mut delivery = Delivery {
                 topic: message.topic.clone(),
                 payload: message.payload.clone(),
                 qos: message.qos().min(route.qos),
@@ -219,41 +249,59 @@ impl Broker {
                 subscription_ids: route.subscription_ids,
                 shared: route.share.as_ref().and_then(shared_filter),
                 expires_at,
+                row: None,
             };
-            if let Some(writes) = writes.as_deref_mut() {
-                if delivery.qos > QoS::AtMostOnce && route.client.entry().is_persistent() {
-                    writes.queued.push((route.client.clone(), delivery.clone()));
-                }
+            if stored {
+                self.stamp_row(&route.client, &mut delivery, &mut batch);
             }
-            match route.client.entry().deliver(delivery) {
-                Delivered::ToConnection | Delivered::Queued => {
-                    Stats::add(&self.stats.messages_sent, 1)
-                }
-                Delivered::QueuedDroppingOldest => {
-                    Stats::add(&self.stats.messages_sent, 1);
-                    Stats::add(&self.stats.messages_dropped, 1);
-                }
-                Delivered::Dropped => Stats::add(&self.stats.messages_dropped, 1),
-                Delivered::Refused => {}
-            }
+            copies.push((route.client, delivery));
         }
-        count
+        let durable = match self.enqueue(batch) {
+            Some(commit) if stored => Pending::Commit(commit),
+            _ => Pending::Ready(Durable::Yes),
+        };
+        for (client, delivery) in copies {
+            self.hand_over(&client, delivery);
+        }
+        Routed { matched, durable }
     }
 
-    fn retain(&self, message: &Publish, expires_at: Option<Instant>) {
+    /// Hands a copy to its session, counting it; a stored copy that did not get there
+    /// loses its row.
+    pub(crate) fn hand_over(&self, client: &SessionKey, delivery: Delivery) {
+        let row = delivery.row;
+        match client.entry().deliver(delivery) {
+            Delivered::ToConnection | Delivered::Queued => Stats::add(&self.stats.messages_sent, 1),
+            Delivered::QueuedDroppingOldest { evicted_row } => {
+                Stats::add(&self.stats.messages_sent, 1);
+                Stats::add(&self.stats.messages_dropped, 1);
+                self.forget_row(client, evicted_row);
+            }
+            Delivered::Dropped => {
+                Stats::add(&self.stats.messages_dropped, 1);
+                self.forget_row(client, row);
+            }
+            Delivered::Refused => self.forget_row(client, row),
+        }
+    }
+
+    /// Sets (or, for an empty payload, clears [MQTT-3.3.1-6]) the retained message of the
+    /// topic; returns what was set.
+    fn retain(&self, message: &Publish, expires_at: Option<Instant>) -> Option<RetainedMessage> {
         let mut store = self.retained();
         if message.payload.is_empty() {
-            // An empty retained message clears the topic [MQTT-3.3.1-6].
             store.remove(&message.topic);
-            return;
+            return None;
         }
-        store.set(RetainedMessage {
+        let retained = RetainedMessage {
             topic: message.topic.clone(),
             payload: message.payload.clone(),
             qos: message.qos(),
             properties: forwarded_properties(&message.properties),
             expires_at,
-        });
+        };
+        store.set(retained.clone());
+        Some(retained)
     }
 
     /// Subscribes, answers with SUBACK, and returns the retained messages to send after
@@ -307,6 +355,7 @@ impl Broker {
                         subscription_ids: identifier.into_iter().collect(),
                         shared: None,
                         expires_at: message.expires_at,
+                        row: None,
                     });
                 }
             }
@@ -395,11 +444,8 @@ impl Broker {
     /// subscriptions go to another member of their group [MQTT-4.8.2].
     pub(crate) fn end_session(self: &Arc<Self>, key: &SessionKey) {
         self.index.remove_client(key);
-        if self.committer.is_some() {
-            let broker = Arc::clone(self);
-            let id = key.entry().client_id().as_str().to_string();
-            tokio::spawn(async move { broker.forget_session(&id).await });
-        }
+        // Enqueued now, so it lands before anything a new session of this id writes.
+        self.forget_session(key.entry().client_id().as_str());
         let Some(state) = key.entry().take_offline_state() else {
             return;
         };
@@ -416,7 +462,12 @@ impl Broker {
                     tracing::debug!(client_id = ?key, topic = %delivery.topic, share = %share, "shared message moved to another member");
                     delivery.qos = delivery.qos.min(route.qos);
                     delivery.subscription_ids = route.subscription_ids;
-                    route.client.entry().deliver(delivery);
+                    // Its row went with the ended session; the new one gets its own.
+                    delivery.row = None;
+                    let mut batch = WriteBatch::new(Now::from_clocks());
+                    self.stamp_row(&route.client, &mut delivery, &mut batch);
+                    self.enqueue(batch);
+                    self.hand_over(&route.client, delivery);
                 }
                 None => Stats::add(&self.stats.messages_dropped, 1),
             }
@@ -493,6 +544,7 @@ impl Broker {
                     subscription_ids: route.subscription_ids,
                     shared: None,
                     expires_at: None,
+                    row: None,
                 });
             }
         }

@@ -1,74 +1,85 @@
-//! What the broker writes to the store, and when (DESIGN §5):
+//! What the broker writes to the store, and when (DESIGN §5, ADR 0004).
 //!
-//! - an inbound QoS 1/2 PUBLISH: every copy queued for a persistent session, and the
-//!   retained change, in one batch; the publisher's PUBACK/PUBREC waits for that batch to be
-//!   durable (acknowledgements leave in the order their publishes arrived);
-//! - a persistent session going offline: the whole session (state, subscriptions, pending
-//!   will), replacing whatever copies were appended while it was connected;
-//! - a session that ends (clean start, expiry, zero expiry): deleted;
-//! - at start: everything recovered, expired sessions and messages dropped.
+//! Every QoS 1/2 copy routed to a persistent session is a row of its own, under a row id
+//! the broker gives it ([`Delivery::row`]), and the row follows its flow step by step:
 //!
-//! QoS 0 and clean sessions never touch the store. With `storage.durability = none` there
-//! is no store at all.
+//! | step                                        | written                 | what waits for it     |
+//! |---------------------------------------------|-------------------------|-----------------------|
+//! | a QoS 1/2 publish is routed                 | the copies' rows, the retained change, the publisher's inbound QoS 2 id: one batch | the publisher's PUBACK/PUBREC |
+//! | a stored QoS 2 copy takes a packet id       | row: in flight, id      | its PUBLISH           |
+//! | its PUBREC comes                            | row: released           | its PUBREL            |
+//! | its flow ends (PUBACK/PUBCOMP) or it drops  | row deleted             | nothing               |
+//! | the publisher's PUBREL                      | inbound id deleted      | its PUBCOMP           |
+//! | a persistent session connects               | session meta            | its CONNACK           |
+//! | it subscribes or unsubscribes               | session meta            | its SUBACK/UNSUBACK   |
+//! | it goes offline                             | meta with offline time and pending will | the hand-back of the session |
+//! | a session ends                              | deleted                 | nothing               |
+//!
+//! So a crash at any point resumes each flow where the client last saw it: a QoS 2 copy is
+//! never sent under a packet id the store does not hold, nor released before the store
+//! knows. Batches go to the committer in the order these steps happen
+//! ([`GroupCommitter::enqueue`](crate::store::GroupCommitter::enqueue)), and a publish's
+//! batch is enqueued before any of its copies is handed to a session, so a step never
+//! lands before the row it changes. QoS 0 and clean sessions never touch the store; with
+//! `storage.durability = none` there is no store at all.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::core::{Broker, Stats};
+use super::core::Broker;
 use super::session::SessionKey;
-use crate::protocol::{Delivery, InboundAck, ReasonCode};
+use crate::protocol::{Delivery, FlowStep, InboundAck, PacketId, ReasonCode};
 use crate::store::{
-    Now, PendingWill, RecordError, Recovered, SessionRecord, StoredSubscription, WriteBatch,
+    Commit, Now, PendingWill, RecordError, Recovered, SessionMeta, StoredSubscription, WriteBatch,
 };
 use crate::transport::Command;
 
-/// Changes gathered while routing one publish.
-#[derive(Default)]
-pub(crate) struct PublishWrites {
-    pub queued: Vec<(SessionKey, Delivery)>,
-    pub retained: Option<crate::broker::retained::RetainedMessage>,
-    pub retained_cleared: Option<crate::protocol::TopicName>,
+/// Whether a publish's writes are safe, and if not, the reason code to answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durable {
+    Yes,
+    Refused(ReasonCode),
 }
 
-impl PublishWrites {
-    pub fn is_empty(&self) -> bool {
-        self.queued.is_empty() && self.retained.is_none() && self.retained_cleared.is_none()
-    }
+/// A publish's writes: decided already, or waiting for their commit.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    Ready(Durable),
+    Commit(Commit),
+}
 
-    fn into_batch(self, now: Now) -> Result<WriteBatch, RecordError> {
-        let mut batch = WriteBatch::new(now);
-        for (key, delivery) in &self.queued {
-            batch.append_queued(key.entry().client_id().as_str(), delivery)?;
+impl Pending {
+    pub async fn outcome(self) -> Durable {
+        match self {
+            Pending::Ready(durable) => durable,
+            Pending::Commit(commit) => match commit.await {
+                Ok(()) => Durable::Yes,
+                Err(err) => {
+                    // Not stored: refuse rather than acknowledge what could be lost.
+                    tracing::error!(error = %err, "store commit failed");
+                    Durable::Refused(ReasonCode::ImplementationSpecificError)
+                }
+            },
         }
-        if let Some(message) = &self.retained {
-            batch.put_retained(message)?;
-        }
-        if let Some(topic) = &self.retained_cleared {
-            batch.delete_retained(topic);
-        }
-        Ok(batch)
     }
 }
 
-/// Releases a connection's publish acknowledgements in arrival order, each once the batch
-/// holding its message is durable.
+/// Releases a connection's publish acknowledgements in arrival order [MQTT-4.6.0-2], each
+/// once the batch holding its message is durable.
 pub(crate) struct AckSequencer {
-    tx: mpsc::UnboundedSender<(oneshot::Receiver<Durable>, InboundAck, ReasonCode)>,
+    tx: mpsc::UnboundedSender<(Pending, InboundAck, ReasonCode)>,
 }
 
 impl AckSequencer {
     pub fn spawn(mailbox: mpsc::UnboundedSender<Command>) -> AckSequencer {
-        let (tx, mut rx) =
-            mpsc::unbounded_channel::<(oneshot::Receiver<Durable>, InboundAck, ReasonCode)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Pending, InboundAck, ReasonCode)>();
         tokio::spawn(async move {
-            while let Some((durable, ack, reason)) = rx.recv().await {
-                let reason = match durable.await {
-                    Ok(Durable::Yes) => reason,
-                    // Not stored: refuse rather than acknowledge what could be lost.
-                    Ok(Durable::Refused(code)) => code,
-                    Err(_) => ReasonCode::ImplementationSpecificError,
+            while let Some((pending, ack, reason)) = rx.recv().await {
+                let reason = match pending.outcome().await {
+                    Durable::Yes => reason,
+                    Durable::Refused(code) => code,
                 };
                 if mailbox.send(Command::AcceptPublish(ack, reason)).is_err() {
                     return;
@@ -78,124 +89,132 @@ impl AckSequencer {
         AckSequencer { tx }
     }
 
-    /// Queues `ack`, to be released when `durable` resolves (at once for a ready one).
-    pub fn push(&self, durable: oneshot::Receiver<Durable>, ack: InboundAck, reason: ReasonCode) {
-        let _ = self.tx.send((durable, ack, reason));
+    /// Queues `ack`, to be released when `pending` resolves (at once for a ready one).
+    pub fn push(&self, pending: Pending, ack: InboundAck, reason: ReasonCode) {
+        let _ = self.tx.send((pending, ack, reason));
     }
-}
-
-/// Whether a publish's writes are safe, and if not, the reason code to answer with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Durable {
-    Yes,
-    Refused(ReasonCode),
-}
-
-/// A receiver that is already resolved: for acknowledgements with nothing to store.
-pub(crate) fn ready() -> oneshot::Receiver<Durable> {
-    let (tx, rx) = oneshot::channel();
-    let _ = tx.send(Durable::Yes);
-    rx
 }
 
 impl Broker {
-    /// Submits what a publish changed; the receiver resolves when it is durable. A store
-    /// over `storage.max_store_bytes` refuses new writes (the publisher gets 0x97 quota
-    /// exceeded) rather than growing without bound.
-    pub(crate) fn persist_publish(&self, writes: PublishWrites) -> oneshot::Receiver<Durable> {
-        let Some(committer) = self.committer.clone() else {
-            return ready();
-        };
-        if writes.is_empty() {
-            return ready();
-        }
-        if committer.store().live_bytes() >= self.config.max_store_bytes {
-            Stats::add(&self.stats.messages_dropped, 1);
-            tracing::warn!(
-                limit = self.config.max_store_bytes,
-                "store full (storage.max_store_bytes): publish refused with 0x97"
-            );
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(Durable::Refused(ReasonCode::QuotaExceeded));
-            return rx;
-        }
-        let (tx, rx) = oneshot::channel();
-        let batch = writes.into_batch(Now::from_clocks());
-        tokio::spawn(async move {
-            let outcome = match batch {
-                Ok(batch) => match committer.submit(batch).await {
-                    Ok(()) => Durable::Yes,
-                    Err(err) => {
-                        tracing::error!(error = %err, "store commit failed");
-                        Durable::Refused(ReasonCode::ImplementationSpecificError)
-                    }
-                },
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot encode a message for the store");
-                    Durable::Refused(ReasonCode::ImplementationSpecificError)
-                }
-            };
-            let _ = tx.send(outcome);
-        });
-        rx
+    /// A new row id: unique across the store, increasing, so row order is routing order.
+    pub(crate) fn next_row(&self) -> u64 {
+        self.next_row
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Writes a persistent session that just went offline (whole), or deletes one that
-    /// ended. Waits for the commit.
-    pub(crate) async fn persist_session(&self, key: &SessionKey, will: Option<PendingWill>) {
-        let Some(committer) = &self.committer else {
+    /// Hands `batch` to the committer behind everything enqueued before it; `None` without
+    /// a store.
+    pub(crate) fn enqueue(&self, batch: WriteBatch) -> Option<Commit> {
+        self.committer
+            .as_ref()
+            .map(|committer| committer.enqueue(batch))
+    }
+
+    /// Whether the store is over `storage.max_store_bytes`.
+    pub(crate) fn store_full(&self) -> bool {
+        self.committer
+            .as_ref()
+            .is_some_and(|c| c.store().live_bytes() >= self.config.max_store_bytes)
+    }
+
+    /// Records a step of a stored outbound flow. The returned commit resolves when the
+    /// step is durable (what waits for it is up to the caller).
+    pub(crate) fn record_flow(&self, client_id: &str, step: FlowStep) -> Option<Commit> {
+        let mut batch = WriteBatch::new(Now::from_clocks());
+        match step {
+            FlowStep::Sending { row, packet_id } => {
+                batch.mark_inflight(client_id, row, packet_id, false)
+            }
+            FlowStep::Received { row, packet_id } => {
+                batch.mark_inflight(client_id, row, packet_id, true)
+            }
+            FlowStep::Finished { row } => batch.delete_row(client_id, row),
+        }
+        self.enqueue(batch)
+    }
+
+    /// Forgets a stored row (its message was dropped before reaching the session).
+    pub(crate) fn forget_row(&self, key: &SessionKey, row: Option<u64>) {
+        if let Some(row) = row {
+            self.record_flow(key.entry().client_id().as_str(), FlowStep::Finished { row });
+        }
+    }
+
+    /// Forgets an inbound QoS 2 packet id the client released.
+    pub(crate) fn record_release(&self, client_id: &str, packet_id: PacketId) -> Option<Commit> {
+        let mut batch = WriteBatch::new(Now::from_clocks());
+        batch.delete_inbound(client_id, packet_id);
+        self.enqueue(batch)
+    }
+
+    /// Gives `delivery` a row (and adds it to `batch`) if it is a QoS 1/2 copy for a
+    /// persistent session and the broker has a store.
+    pub(crate) fn stamp_row(
+        &self,
+        key: &SessionKey,
+        delivery: &mut Delivery,
+        batch: &mut WriteBatch,
+    ) {
+        if self.committer.is_none()
+            || delivery.qos == crate::protocol::QoS::AtMostOnce
+            || !key.entry().is_persistent()
+        {
             return;
-        };
+        }
+        delivery.row = Some(self.next_row());
+        if let Err(err) = batch.append_queued(key.entry().client_id().as_str(), delivery) {
+            tracing::error!(client_id = ?key, error = %err, "message not stored");
+            delivery.row = None;
+        }
+    }
+
+    /// Writes a persistent session's meta: online (`offline_since` `None`) or gone offline
+    /// with its pending will; `rows` are stored messages to add with it (retained
+    /// messages sent on subscribe). `None` without a store or for a session that is not
+    /// persistent.
+    pub(crate) fn write_meta(
+        &self,
+        key: &SessionKey,
+        offline_since: Option<Instant>,
+        will: Option<PendingWill>,
+        batch: WriteBatch,
+    ) -> Option<Commit> {
+        self.committer.as_ref()?;
         let entry = key.entry();
-        let id = entry.client_id().as_str();
-        let now = Now::from_clocks();
-        let mut batch = WriteBatch::new(now);
-        let snapshot = entry.with_offline_state(|state| state.snapshot());
-        let result = match snapshot {
-            Some(state) if entry.is_persistent() => {
-                let subscriptions = self
-                    .index
-                    .subscriptions_of(key)
-                    .into_iter()
-                    .map(|(filter, s)| StoredSubscription {
-                        filter,
-                        options: s.options,
-                        identifier: s.identifier,
-                    })
-                    .collect();
-                let record = SessionRecord {
-                    expiry_interval: entry.expiry(),
-                    offline_since: Some(now.instant),
-                    subscriptions,
-                    will,
-                    state,
-                };
-                batch.put_session(id, &record).map(|_| ())
-            }
-            _ => {
-                batch.delete_session(id);
-                Ok(())
-            }
-        };
-        let result = match result {
-            Ok(()) => committer.submit(batch).await.map_err(|e| e.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
-        if let Err(err) = result {
-            tracing::error!(client_id = id, error = %err, "cannot store the session");
+        if !entry.is_persistent() {
+            return None;
         }
+        let subscriptions = self
+            .index
+            .subscriptions_of(key)
+            .into_iter()
+            .map(|(filter, s)| StoredSubscription {
+                filter,
+                options: s.options,
+                identifier: s.identifier,
+            })
+            .collect();
+        let meta = SessionMeta {
+            expiry_interval: entry.expiry(),
+            offline_since,
+            subscriptions,
+            will,
+        };
+        let mut with_meta = WriteBatch::new(Now::from_clocks());
+        if let Err(err) = with_meta.put_meta(entry.client_id().as_str(), &meta) {
+            report_unstorable(key, &err);
+            return None;
+        }
+        with_meta.append(batch);
+        self.enqueue(with_meta)
     }
 
-    /// Deletes a session from the store (it ended).
-    pub(crate) async fn forget_session(&self, client_id: &str) {
-        let Some(committer) = &self.committer else {
-            return;
-        };
+    /// Deletes a session from the store (it ended); the commit resolves when that is
+    /// durable.
+    pub(crate) fn forget_session(&self, client_id: &str) -> Option<Commit> {
         let mut batch = WriteBatch::new(Now::from_clocks());
         batch.delete_session(client_id);
-        if let Err(err) = committer.submit(batch).await {
-            tracing::error!(client_id, error = %err, "cannot delete the session from the store");
-        }
+        self.enqueue(batch)
     }
 
     /// Loads what the store recovered: offline sessions with their subscriptions and
@@ -203,6 +222,8 @@ impl Broker {
     /// broker was down (published now).
     pub fn restore(self: &Arc<Self>, recovered: Recovered, now: Instant) {
         let report = recovered.report;
+        self.next_row
+            .fetch_max(recovered.next_row, std::sync::atomic::Ordering::Relaxed);
         for session in recovered.sessions {
             let id = crate::broker::index::ClientId::from(session.client_id.as_str());
             let entry = self.registry.entry(&id);
@@ -238,4 +259,8 @@ impl Broker {
         }
         tracing::info!(?report, "recovered from the store");
     }
+}
+
+fn report_unstorable(key: &SessionKey, err: &RecordError) {
+    tracing::error!(client_id = ?key, error = %err, "session not stored");
 }

@@ -119,7 +119,10 @@ impl fmt::Debug for SessionKey {
 pub enum Delivered {
     ToConnection,
     Queued,
-    QueuedDroppingOldest,
+    /// Queued; the oldest queued message made room, and its store row (if any) can go.
+    QueuedDroppingOldest {
+        evicted_row: Option<u64>,
+    },
     Dropped,
     /// The client's ACL does not let it receive this topic.
     Refused,
@@ -207,7 +210,9 @@ impl SessionEntry {
                 match state.enqueue(delivery, self.queue_limit) {
                     Ok(None) => Delivered::Queued,
                     // The oldest message made room for this one: one was dropped all the same.
-                    Ok(Some(_)) => Delivered::QueuedDroppingOldest,
+                    Ok(Some(evicted)) => Delivered::QueuedDroppingOldest {
+                        evicted_row: evicted.row,
+                    },
                     Err(_) => Delivered::Dropped,
                 }
             }
@@ -338,14 +343,6 @@ impl SessionEntry {
     pub fn take_offline_state(&self) -> Option<SessionState> {
         match &mut *self.slot() {
             Slot::Offline { state, .. } => Some(std::mem::take(state)),
-            Slot::Online { .. } => None,
-        }
-    }
-
-    /// Runs `f` on the offline state (for persistence and inspection).
-    pub fn with_offline_state<R>(&self, f: impl FnOnce(&SessionState) -> R) -> Option<R> {
-        match &*self.slot() {
-            Slot::Offline { state, .. } => Some(f(state)),
             Slot::Online { .. } => None,
         }
     }

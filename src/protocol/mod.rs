@@ -14,8 +14,8 @@ pub mod writer;
 
 pub use codec::{DecodeError, Decoder, EncodeError, Encoded};
 pub use connection::{
-    CloseReport, ConnectAccept, Connection, ConnectionConfig, DeliverOutcome, Event, InboundAck,
-    LaneId,
+    CloseReport, ConnectAccept, Connection, ConnectionConfig, DeliverOutcome, Event, FlowStep,
+    InboundAck, LaneId,
 };
 pub use error::{CloseReason, ConnectionError, Initiator, Violation};
 pub use frame::{

@@ -14,6 +14,9 @@
 //!                                                                                 ▼
 //!                        (gone) ◄──PUBCOMP── AwaitPubcomp ◄──────────────────────┘
 //!
+//!  A stored QoS 2 message (`Delivery::row`) waits in Recording before its PUBLISH and in
+//!  RecordingRelease before its PUBREL, until the broker has recorded the step.
+//!
 //!  A peer ack that overtakes our write completion moves the flow to Done; the id is freed
 //!  when the last frame of the flow completes, so an id is never reused while in flight.
 //!  When a connection ends, every live flow becomes Queued and is resent on the next
@@ -51,6 +54,10 @@ pub struct Delivery {
     pub shared: Option<TopicFilter>,
     /// When the message expires [MQTT-3.3.2-5]; it is dropped, not sent, after that.
     pub expires_at: Option<Instant>,
+    /// The store row of this copy, for a persistent session on a broker with a store.
+    /// The connection reports each step of its flow with it ([`FlowStep`]) and holds a
+    /// QoS 2 PUBLISH or PUBREL until the broker says the step is recorded.
+    pub row: Option<u64>,
 }
 
 impl Delivery {
@@ -72,10 +79,17 @@ pub(crate) enum Resend {
 pub(crate) enum OutState {
     /// Waiting to be (re)sent on this or the next connection.
     Queued(Resend),
+    /// A stored QoS 2 message waits for the store to record its packet id before its
+    /// PUBLISH (`dup` as it will be sent).
+    Recording {
+        dup: bool,
+    },
     /// The PUBLISH frame is in the outbox or being written.
     Sending,
     AwaitPuback,
     AwaitPubrec,
+    /// A stored QoS 2 message's PUBREC came; the PUBREL waits for the store to record it.
+    RecordingRelease,
     /// The PUBREL frame is in the outbox or being written.
     Releasing,
     AwaitPubcomp,
@@ -94,6 +108,8 @@ pub(crate) struct OutFlow {
     pub frames_pending: u32,
     /// The lane its frames go on (and its acks are expected on) in this connection.
     pub lane: LaneId,
+    /// The store holds this flow's packet id (a stored QoS 2 message may be sent).
+    pub recorded: bool,
 }
 
 /// Why a message for a session was dropped instead of queued or sent.
@@ -172,6 +188,9 @@ pub struct SessionState {
     /// nothing to resend, both known without walking the flows (the publish hot path).
     /// Set by whatever queues a flow; cleared by a resend scan that finds none.
     pub(crate) maybe_queued: bool,
+    /// Flows in `Recording`: while any is, no PUBLISH may overtake it, so messages go out
+    /// in the order they were routed.
+    pub(crate) recording: usize,
 }
 
 /// A session as plain data, for the store: what a restarted broker needs to resume it.
@@ -243,6 +262,8 @@ impl SessionState {
                     state: OutState::Queued(resend),
                     frames_pending: 0,
                     lane: LaneId::CONTROL,
+                    // It comes from the store, packet id and all.
+                    recorded: true,
                 },
             );
             state.next_seq = seq as u64 + 1;
@@ -252,6 +273,12 @@ impl SessionState {
         state.inbound_qos2 = snapshot.awaiting_pubrel.into_iter().collect();
         state
     }
+}
+
+/// Whether a message's PUBLISH must wait for the store to record its packet id: a stored
+/// QoS 2 message (QoS 1 may be resent under another id after a restart).
+pub(crate) fn needs_record(message: &Delivery) -> bool {
+    message.row.is_some() && message.qos == QoS::ExactlyOnce
 }
 
 impl Default for SessionState {
@@ -270,6 +297,7 @@ impl SessionState {
             inbound_qos2: BTreeSet::new(),
             drops: DropCounts::default(),
             maybe_queued: false,
+            recording: 0,
         }
     }
 
@@ -388,18 +416,27 @@ impl SessionState {
         None
     }
 
+    /// Starts a flow under `id`: `Sending` with its PUBLISH frame pushed, or, for a stored
+    /// QoS 2 message, `Recording` with no frame yet.
     pub(crate) fn start_flow(&mut self, id: PacketId, message: Delivery, lane: LaneId) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.next_packet_id = id.next();
+        let (state, frames_pending) = if needs_record(&message) {
+            self.recording += 1;
+            (OutState::Recording { dup: false }, 0)
+        } else {
+            (OutState::Sending, 1)
+        };
         self.outbound.insert(
             id,
             OutFlow {
                 seq,
                 message,
-                state: OutState::Sending,
-                frames_pending: 1,
+                state,
+                frames_pending,
                 lane,
+                recorded: false,
             },
         );
         seq
@@ -423,17 +460,34 @@ impl SessionState {
         next
     }
 
+    /// The flow in `Recording` routed first, if any.
+    pub(crate) fn first_recording(&self) -> Option<(PacketId, &OutFlow)> {
+        if self.recording == 0 {
+            return None;
+        }
+        self.outbound
+            .iter()
+            .filter(|(_, f)| matches!(f.state, OutState::Recording { .. }))
+            .min_by_key(|(_, f)| f.seq)
+            .map(|(id, f)| (*id, f))
+    }
+
     /// Called when a connection ends: every live flow is queued for resending and flows the
     /// peer finished are released.
     pub(crate) fn requeue_all(&mut self) {
         self.maybe_queued = true;
+        self.recording = 0;
         self.outbound.retain(|_, flow| {
             flow.frames_pending = 0;
             flow.state = match flow.state {
                 OutState::Queued(resend) => OutState::Queued(resend),
-                OutState::Sending | OutState::AwaitPuback | OutState::AwaitPubrec => {
-                    OutState::Queued(Resend::Publish { dup: true })
-                }
+                OutState::Recording { dup } => OutState::Queued(Resend::Publish { dup }),
+                // The PUBREC is not recorded: the PUBLISH goes again and the client's
+                // PUBREC comes again.
+                OutState::Sending
+                | OutState::AwaitPuback
+                | OutState::AwaitPubrec
+                | OutState::RecordingRelease => OutState::Queued(Resend::Publish { dup: true }),
                 OutState::Releasing | OutState::AwaitPubcomp => OutState::Queued(Resend::Pubrel),
                 OutState::Done => return false,
             };
@@ -456,6 +510,7 @@ mod tests {
             subscription_ids: Vec::new(),
             shared: None,
             expires_at: None,
+            row: None,
         }
     }
 

@@ -18,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::protocol::{
-    ConnectAccept, Connection, Delivery, Event, InboundAck, ReasonCode, SendCompletion, Transmit,
-    TransportFault,
+    ConnectAccept, Connection, Delivery, Event, InboundAck, PacketId, ReasonCode, SendCompletion,
+    SubAck, Transmit, TransportFault, UnsubAck,
 };
 
 /// Bytes read from the transport per read call.
@@ -34,6 +34,13 @@ pub enum Command {
     AcceptPublish(InboundAck, ReasonCode),
     /// Ends the connection (takeover 0x8E, shutdown 0x8B, ...). v5 clients are told why.
     Disconnect(ReasonCode),
+    /// SUBACK, then the retained messages the subscription asked for.
+    SubAck(SubAck, Vec<Delivery>),
+    UnsubAck(UnsubAck),
+    /// The store holds the step the flow of (packet id, row) waited for.
+    FlowRecorded(PacketId, u64),
+    /// The store has forgotten a released inbound QoS 2 packet id.
+    ReleaseRecorded(PacketId),
 }
 
 /// Receives the connection's events, in order, and may answer them at once through the
@@ -203,6 +210,15 @@ pub(crate) fn apply(now: Instant, conn: &mut Connection, command: Option<Command
         }
         Command::AcceptPublish(ack, reason) => conn.accept_publish(now, ack, reason),
         Command::Disconnect(reason) => conn.disconnect(now, reason),
+        Command::SubAck(suback, retained) => {
+            conn.send_suback(now, suback);
+            for delivery in retained {
+                conn.deliver(now, delivery);
+            }
+        }
+        Command::UnsubAck(unsuback) => conn.send_unsuback(now, unsuback),
+        Command::FlowRecorded(packet_id, row) => conn.flow_recorded(now, packet_id, row),
+        Command::ReleaseRecorded(packet_id) => conn.release_recorded(now, packet_id),
     }
     true
 }

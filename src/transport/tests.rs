@@ -147,6 +147,7 @@ fn session_with_one_qos1() -> SessionState {
         subscription_ids: Vec::new(),
         shared: None,
         expires_at: None,
+        row: None,
     };
     session
         .enqueue(delivery, crate::protocol::QueueLimit::drop_new(10))

@@ -197,6 +197,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     subscription_ids: Vec::new(),
                     shared: None,
                     expires_at: None,
+                    row: None,
                 };
                 if h.conn.deliver(h.now, delivery) == DeliverOutcome::Accepted {
                     if qos == QoS::AtMostOnce {

@@ -141,14 +141,38 @@ pub enum Event {
     Unsubscribe(Unsubscribe),
     /// Enhanced authentication; answer with `send_auth` or `disconnect`.
     Auth(Auth),
-    /// A message for the client was dropped instead of sent.
+    /// A message for the client was dropped instead of sent (a stored one also gets
+    /// [`FlowStep::Finished`]).
     Dropped {
         topic: TopicName,
         qos: QoS,
         reason: DropReason,
     },
+    /// A step of an outbound flow whose message is stored ([`Delivery::row`]).
+    Flow(FlowStep),
+    /// With [`Connection::record_releases`] on: the client released an inbound QoS 2
+    /// packet id (PUBREL). Forget it in the store, then call
+    /// [`Connection::release_recorded`]; the PUBCOMP waits for that.
+    Released { packet_id: PacketId },
     /// The connection ended; emitted once.
     Closed(CloseReason),
+}
+
+/// What the store must learn of a stored outbound message, so that a restart resumes its
+/// flow where it was: a QoS 2 message is never sent under a packet id the store does not
+/// hold, and its PUBREL never leaves before the store knows the PUBREC came (else a restart
+/// would send the PUBLISH again under an id the client has already forgotten, and it would
+/// be delivered twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowStep {
+    /// A QoS 2 message takes `packet_id`. Its PUBLISH waits for
+    /// [`Connection::flow_recorded`].
+    Sending { row: u64, packet_id: PacketId },
+    /// The client's PUBREC came. The PUBREL waits for [`Connection::flow_recorded`].
+    Received { row: u64, packet_id: PacketId },
+    /// The flow ended (PUBACK, PUBCOMP, a refusing PUBREC) or the message was dropped:
+    /// the row can go. Nothing waits for it.
+    Finished { row: u64 },
 }
 
 /// The right to acknowledge one inbound QoS 1/2 publish. Not `Clone`: one ack per publish.
@@ -247,6 +271,11 @@ pub struct Connection {
     inbound_qos1: BTreeSet<PacketId>,
     /// Inbound QoS 2 ids handed to the broker, awaiting `accept_publish`.
     inbound_qos2_pending: BTreeSet<PacketId>,
+    /// Whether a PUBCOMP waits for the broker to record the release (`record_releases`).
+    record_releases: bool,
+    /// Released inbound QoS 2 ids whose PUBCOMP waits for `release_recorded`, with the
+    /// lane the PUBREL came on.
+    releasing: HashMap<PacketId, LaneId>,
     aliases_in: HashMap<u16, TopicName>,
     aliases_out: HashMap<TopicName, NonZeroU16>,
     close_reason: Option<CloseReason>,
@@ -288,6 +317,8 @@ impl Connection {
             peer_topic_alias_maximum: 0,
             inbound_qos1: BTreeSet::new(),
             inbound_qos2_pending: BTreeSet::new(),
+            record_releases: false,
+            releasing: HashMap::new(),
             aliases_in: HashMap::new(),
             aliases_out: HashMap::new(),
             close_reason: None,
@@ -548,6 +579,36 @@ impl Connection {
         self.on_publish_accepted(now, ack, reason);
     }
 
+    /// Makes each PUBREL of the client wait for the broker ([`Event::Released`], then
+    /// [`Connection::release_recorded`]) before the PUBCOMP: for a session whose inbound
+    /// QoS 2 packet ids are stored, so a stored id is never left behind once the client
+    /// may reuse it.
+    pub fn record_releases(&mut self, on: bool) {
+        self.record_releases = on;
+    }
+
+    /// The store has forgotten a released inbound QoS 2 id: send its PUBCOMP.
+    pub fn release_recorded(&mut self, now: Instant, packet_id: PacketId) {
+        let Some(lane) = self.releasing.remove(&packet_id) else {
+            return;
+        };
+        if !self.is_established() {
+            return;
+        }
+        self.session.inbound_qos2.remove(&packet_id);
+        let lane = self.open_or_control(lane);
+        self.enqueue_packet_on(lane, &Packet::PubComp(super::packet::Ack::new(packet_id)));
+        self.pump(now);
+    }
+
+    /// The store has recorded the step ([`FlowStep::Sending`] or [`FlowStep::Received`])
+    /// of the flow of `row` under `packet_id`: send the PUBLISH or PUBREL that waited.
+    pub fn flow_recorded(&mut self, now: Instant, packet_id: PacketId, row: u64) {
+        if self.is_established() {
+            self.on_flow_recorded(now, packet_id, row);
+        }
+    }
+
     pub fn send_suback(&mut self, now: Instant, suback: SubAck) {
         if self.is_established() {
             let lane = self.reply_lane(suback.packet_id);
@@ -578,20 +639,17 @@ impl Connection {
     /// session), dropped and reported when the queue is full.
     pub fn deliver(&mut self, now: Instant, delivery: Delivery) -> DeliverOutcome {
         let (topic, qos) = (delivery.topic.clone(), delivery.qos);
+        let row = delivery.row;
         match self.session.enqueue(delivery, self.config.queue_limit()) {
             Ok(evicted) => {
                 if let Some(old) = evicted {
-                    self.events.push_back(Event::Dropped {
-                        topic: old.topic,
-                        qos: old.qos,
-                        reason: DropReason::QueueFull,
-                    });
+                    self.report_drop(old.topic, old.qos, old.row, DropReason::QueueFull);
                 }
                 self.pump(now);
                 DeliverOutcome::Accepted
             }
             Err(reason) => {
-                self.events.push_back(Event::Dropped { topic, qos, reason });
+                self.report_drop(topic, qos, row, reason);
                 DeliverOutcome::Dropped(reason)
             }
         }
@@ -708,6 +766,10 @@ impl Connection {
                 self.on_unsent_frame(&frame);
             }
         }
+        // Inbound QoS 2 publishes the broker has taken stay taken: a resend with DUP must
+        // not be routed again [MQTT-4.3.3-9], whether or not their PUBREC went out.
+        let pending = std::mem::take(&mut self.inbound_qos2_pending);
+        self.session.inbound_qos2.extend(pending);
         self.session.requeue_all();
         let reason = self
             .close_reason

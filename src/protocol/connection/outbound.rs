@@ -4,10 +4,10 @@
 use std::num::{NonZeroU16, NonZeroU32};
 use std::time::{Duration, Instant};
 
-use super::{Connection, DeliverOutcome, Event, LaneId, State};
+use super::{Connection, DeliverOutcome, Event, FlowStep, LaneId, State};
 use crate::protocol::frame::{FrameError, OutboundFrame};
 use crate::protocol::packet::{Ack, ConnAck, Packet, PacketType, Properties, Publish};
-use crate::protocol::session::{Delivery, DropReason, OutState, Resend};
+use crate::protocol::session::{needs_record, Delivery, DropReason, OutState, Resend};
 use crate::protocol::types::{
     MqttString, PacketId, ProtocolVersion, QoS, QosPid, ReasonCode, TopicName,
 };
@@ -93,11 +93,20 @@ impl Connection {
         let window = self.window();
         let mut used = self.session.window_used();
         while self.outbox_bytes < self.config.max_outbox_bytes {
+            // Behind a message waiting for the store, only messages that wait too may start:
+            // nothing overtakes it on the wire.
+            let held = self.session.recording > 0;
             if let Some((id, resend)) = self.session.next_queued_flow() {
                 match resend {
                     Resend::Pubrel => self.send_pubrel(id),
                     Resend::Publish { dup } => {
-                        if used >= window {
+                        let records = self
+                            .session
+                            .outbound
+                            .get(&id)
+                            .is_some_and(|f| !f.recorded && needs_record(&f.message));
+                        if used >= window || (held && !records) {
+                            self.session.maybe_queued = true;
                             return;
                         }
                         if self.resend_publish(now, id, dup) {
@@ -115,6 +124,9 @@ impl Connection {
                     self.drop_delivery(&expired, DropReason::Expired);
                 }
                 continue;
+            }
+            if held && !needs_record(front) {
+                return;
             }
             if front.qos == QoS::AtMostOnce {
                 if let Some(delivery) = self.session.queue.pop_front() {
@@ -144,6 +156,16 @@ impl Connection {
     /// Sends a message for the first time, with a topic alias where the client allows.
     /// Returns whether a QoS 1/2 flow started.
     fn send_fresh(&mut self, now: Instant, delivery: Delivery, qos_pid: QosPid) -> bool {
+        if let (Some(id), Some(row)) = (qos_pid.packet_id(), delivery.row) {
+            if needs_record(&delivery) {
+                // No frame (and no topic alias) until the store holds the packet id.
+                let lane = self.lane_for_topic(&delivery.topic);
+                self.session.start_flow(id, delivery, lane);
+                self.events
+                    .push_back(Event::Flow(FlowStep::Sending { row, packet_id: id }));
+                return true;
+            }
+        }
         let mut publish = publish_for(&delivery, qos_pid, false, now);
         let new_alias = self.apply_alias(&mut publish);
         let frame = match self.encode(&Packet::Publish(publish)) {
@@ -173,6 +195,23 @@ impl Connection {
     /// Resends the PUBLISH of a flow left from an earlier connection (full topic: aliases
     /// do not outlive a connection). Returns whether it was sent.
     fn resend_publish(&mut self, now: Instant, id: PacketId, dup: bool) -> bool {
+        let Some(flow) = self.session.outbound.get_mut(&id) else {
+            return false;
+        };
+        if let (false, Some(row)) = (flow.recorded, flow.message.row) {
+            if needs_record(&flow.message) {
+                flow.state = OutState::Recording { dup };
+                self.session.recording += 1;
+                self.events
+                    .push_back(Event::Flow(FlowStep::Sending { row, packet_id: id }));
+                return true;
+            }
+        }
+        self.push_publish(now, id, dup)
+    }
+
+    /// Encodes a flow's PUBLISH into the outbox (full topic). Returns whether it was sent.
+    fn push_publish(&mut self, now: Instant, id: PacketId, dup: bool) -> bool {
         let Some(flow) = self.session.outbound.get(&id) else {
             return false;
         };
@@ -183,6 +222,9 @@ impl Connection {
         let publish = publish_for(&flow.message, qos_pid, dup, now);
         let seq = flow.seq;
         let lane = self.lane_for_topic(&flow.message.topic);
+        if matches!(flow.state, OutState::Recording { .. }) {
+            self.session.recording = self.session.recording.saturating_sub(1);
+        }
         match self.encode(&Packet::Publish(publish)) {
             Ok(frame) => {
                 if let Some(flow) = self.session.outbound.get_mut(&id) {
@@ -226,6 +268,36 @@ impl Connection {
         }
     }
 
+    /// The store holds the step the flow of `row` waited for: send what waited.
+    pub(super) fn on_flow_recorded(&mut self, now: Instant, id: PacketId, row: u64) {
+        let Some(flow) = self
+            .session
+            .outbound
+            .get_mut(&id)
+            .filter(|f| f.message.row == Some(row))
+        else {
+            return;
+        };
+        flow.recorded = true;
+        match flow.state {
+            OutState::Recording { .. } => {
+                // Recorded flows leave in routing order: up to the first still waiting.
+                while let Some((first, flow)) = self.session.first_recording() {
+                    let OutState::Recording { dup } = flow.state else {
+                        break;
+                    };
+                    if !flow.recorded {
+                        break;
+                    }
+                    self.push_publish(now, first, dup);
+                }
+                self.pump(now);
+            }
+            OutState::RecordingRelease => self.send_pubrel(id),
+            _ => {}
+        }
+    }
+
     fn on_publish_unencodable(&mut self, delivery: &Delivery, err: FrameError) {
         // Too large for this client: dropped and counted, never truncated [MQTT-3.1.2-24].
         tracing::debug!(connection = self.id, topic = %delivery.topic, error = %err, "message not sent");
@@ -238,12 +310,23 @@ impl Connection {
         reason: DropReason,
     ) -> DeliverOutcome {
         self.session.drops.count(reason);
-        self.events.push_back(Event::Dropped {
-            topic: delivery.topic.clone(),
-            qos: delivery.qos,
-            reason,
-        });
+        self.report_drop(delivery.topic.clone(), delivery.qos, delivery.row, reason);
         DeliverOutcome::Dropped(reason)
+    }
+
+    /// Tells the broker a message was dropped, and that its row can go.
+    pub(super) fn report_drop(
+        &mut self,
+        topic: TopicName,
+        qos: QoS,
+        row: Option<u64>,
+        reason: DropReason,
+    ) {
+        self.events.push_back(Event::Dropped { topic, qos, reason });
+        if let Some(row) = row {
+            self.events
+                .push_back(Event::Flow(FlowStep::Finished { row }));
+        }
     }
 
     /// Uses or assigns an outbound topic alias; returns a new assignment to record once
@@ -297,10 +380,18 @@ impl Connection {
                 | OutState::AwaitPubrec
                 | OutState::Queued(Resend::Publish { .. }),
             ) => {
+                let row = self.session.outbound.get(&id).and_then(|f| f.message.row);
                 if ack.reason.is_error() {
                     // The client refused it: the flow ends here [MQTT-4.3.3].
                     self.finish_flow(id);
                     self.pump(now);
+                } else if let Some(row) = row {
+                    // The store learns of the PUBREC before the PUBREL leaves.
+                    if let Some(flow) = self.session.outbound.get_mut(&id) {
+                        flow.state = OutState::RecordingRelease;
+                    }
+                    self.events
+                        .push_back(Event::Flow(FlowStep::Received { row, packet_id: id }));
                 } else {
                     self.send_pubrel(id);
                 }
@@ -335,11 +426,15 @@ impl Connection {
     /// The peer finished a flow. Its id is freed now, or when the last of its frames still
     /// being written completes.
     fn finish_flow(&mut self, id: PacketId) {
-        let pending = self
+        let (pending, row) = self
             .session
             .outbound
             .get(&id)
-            .map_or(0, |f| f.frames_pending);
+            .map_or((0, None), |f| (f.frames_pending, f.message.row));
+        if let Some(row) = row {
+            self.events
+                .push_back(Event::Flow(FlowStep::Finished { row }));
+        }
         if pending == 0 {
             self.session.outbound.remove(&id);
         } else if let Some(flow) = self.session.outbound.get_mut(&id) {

@@ -63,6 +63,7 @@ pub(crate) fn delivery(t: &str, qos: QoS, payload: &'static [u8]) -> Delivery {
         subscription_ids: Vec::new(),
         shared: None,
         expires_at: None,
+        row: None,
     }
 }
 
@@ -1355,4 +1356,205 @@ fn a_stalled_data_lane_is_reset_alone_and_never_delays_the_control_lane() {
         frames,
     };
     assert!(h.conn.handle_completion(h.now, again).is_err());
+}
+
+// ----- stored flows: the store records each QoS 2 step before the packet leaves -----
+
+fn stored(t: &str, qos: QoS, payload: &'static [u8], row: u64) -> Delivery {
+    Delivery {
+        row: Some(row),
+        ..delivery(t, qos, payload)
+    }
+}
+
+fn flow_steps(h: &mut Harness) -> Vec<FlowStep> {
+    let mut steps = Vec::new();
+    h.events.retain(|e| match e {
+        Event::Flow(step) => {
+            steps.push(*step);
+            false
+        }
+        _ => true,
+    });
+    steps
+}
+
+#[test]
+fn a_stored_qos2_publish_and_pubrel_wait_for_the_store_and_nothing_overtakes_them() {
+    let mut h = Harness::v5();
+    h.conn
+        .deliver(h.now, stored("t", QoS::ExactlyOnce, b"a", 10));
+    h.conn
+        .deliver(h.now, stored("t", QoS::ExactlyOnce, b"b", 11));
+    h.conn
+        .deliver(h.now, stored("t", QoS::AtLeastOnce, b"c", 12));
+    h.conn.deliver(h.now, delivery("t", QoS::AtMostOnce, b"d"));
+    h.drain_events();
+    h.flush();
+    assert!(h.take_received().is_empty(), "nothing before the store");
+    assert_eq!(
+        flow_steps(&mut h),
+        vec![
+            FlowStep::Sending {
+                row: 10,
+                packet_id: pid(1)
+            },
+            FlowStep::Sending {
+                row: 11,
+                packet_id: pid(2)
+            },
+        ],
+        "both QoS 2 ids go to the store together; QoS 1 and 0 wait behind them"
+    );
+    // Recorded out of order: the second waits for the first.
+    h.conn.flow_recorded(h.now, pid(2), 11);
+    h.flush();
+    assert!(h.take_received().is_empty());
+    // A wrong row for the id changes nothing.
+    h.conn.flow_recorded(h.now, pid(1), 99);
+    h.flush();
+    assert!(h.take_received().is_empty());
+    h.conn.flow_recorded(h.now, pid(1), 10);
+    h.drain_events();
+    h.flush();
+    let got = h.take_received();
+    let payloads: Vec<&[u8]> = got
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.payload.as_ref()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(payloads, vec![&b"a"[..], b"b", b"c", b"d"], "routing order");
+
+    // PUBREC: the PUBREL waits for the store too.
+    h.send(&Packet::PubRec(Ack::new(pid(1))));
+    h.flush();
+    assert!(h.take_received().is_empty());
+    assert_eq!(
+        flow_steps(&mut h),
+        vec![FlowStep::Received {
+            row: 10,
+            packet_id: pid(1)
+        }]
+    );
+    h.conn.flow_recorded(h.now, pid(1), 10);
+    h.flush();
+    assert_eq!(
+        ids_of(&h.take_received()),
+        vec![(PacketType::PubRel, Some(1))]
+    );
+    h.send(&Packet::PubComp(Ack::new(pid(1))));
+    h.send(&Packet::PubAck(Ack::new(pid(3))));
+    assert_eq!(
+        flow_steps(&mut h),
+        vec![
+            FlowStep::Finished { row: 10 },
+            FlowStep::Finished { row: 12 }
+        ]
+    );
+}
+
+#[test]
+fn a_stored_qos2_flow_cut_before_its_record_is_recorded_again_on_the_next_connection() {
+    let mut h = Harness::v5();
+    h.conn
+        .deliver(h.now, stored("t", QoS::ExactlyOnce, b"a", 7));
+    h.drain_events();
+    assert_eq!(flow_steps(&mut h).len(), 1);
+    h.conn
+        .handle_transport_closed(h.now, TransportFault::PeerClosed);
+    let (session, _) = h.conn.into_session();
+    // Written whole as the session goes offline: in flight under id 1.
+    assert_eq!(session.snapshot().inflight[0].packet_id, pid(1));
+
+    let mut connect = connect_packet(ProtocolVersion::V5, "c1");
+    connect.clean_start = false;
+    let mut h2 = Harness::connected(ConnectionConfig::default(), connect, session);
+    assert!(h2.take_received().is_empty(), "not sent before the record");
+    assert_eq!(
+        flow_steps(&mut h2),
+        vec![FlowStep::Sending {
+            row: 7,
+            packet_id: pid(1)
+        }]
+    );
+    h2.conn.flow_recorded(h2.now, pid(1), 7);
+    h2.flush();
+    assert!(matches!(h2.take_received().as_slice(),
+        [Packet::Publish(p)] if p.qos_pid == QosPid::ExactlyOnce(pid(1)) && !p.dup));
+}
+
+#[test]
+fn a_restored_flow_is_already_recorded_and_a_dropped_stored_message_frees_its_row() {
+    let mut state = SessionState::new();
+    let mut snapshot = state.snapshot();
+    snapshot.inflight.push(crate::protocol::InflightMessage {
+        packet_id: pid(4),
+        message: stored("t", QoS::ExactlyOnce, b"a", 3),
+        released: false,
+    });
+    state = SessionState::restore(snapshot);
+    let mut connect = connect_packet(ProtocolVersion::V5, "c1");
+    connect.clean_start = false;
+    let mut h = Harness::connected(ConnectionConfig::default(), connect, state);
+    assert!(matches!(h.take_received().as_slice(),
+        [Packet::Publish(p)] if p.dup && p.qos_pid == QosPid::ExactlyOnce(pid(4))));
+    assert!(flow_steps(&mut h).is_empty());
+
+    let mut expired = stored("t", QoS::AtLeastOnce, b"old", 5);
+    expired.expires_at = Some(h.now);
+    h.conn.deliver(h.now, expired);
+    h.drain_events();
+    assert_eq!(flow_steps(&mut h), vec![FlowStep::Finished { row: 5 }]);
+}
+
+#[test]
+fn with_recorded_releases_pubcomp_waits_for_the_store_and_the_id_stays_taken() {
+    let mut h = Harness::v5();
+    h.conn.record_releases(true);
+    let p = publish("a", QosPid::ExactlyOnce(pid(3)), b"x");
+    h.send(&Packet::Publish(p.clone()));
+    let (_, ack) = h.take_publishes().pop().expect("one publish");
+    h.conn
+        .accept_publish(h.now, ack.expect("ack"), ReasonCode::Success);
+    h.send(&Packet::PubRel(Ack::new(pid(3))));
+    h.send(&Packet::PubRel(Ack::new(pid(3))));
+    h.flush();
+    assert_eq!(
+        ids_of(&h.take_received()),
+        vec![(PacketType::PubRec, Some(3))]
+    );
+    let released: Vec<&Event> = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Released { .. }))
+        .collect();
+    assert_eq!(released.len(), 1, "a repeated PUBREL asks once");
+    // Until the store has forgotten it, a resent PUBLISH is still a duplicate.
+    let mut dup = p;
+    dup.dup = true;
+    h.send(&Packet::Publish(dup));
+    assert!(h.take_publishes().is_empty());
+    h.conn.release_recorded(h.now, pid(3));
+    h.flush();
+    let got = h.take_received();
+    assert!(matches!(got.last(),
+        Some(Packet::PubComp(a)) if a.packet_id == pid(3) && a.reason == ReasonCode::Success));
+    assert_eq!(h.conn.session().awaiting_pubrel().count(), 0);
+}
+
+#[test]
+fn an_inbound_qos2_id_taken_but_not_yet_acknowledged_stays_taken_after_a_close() {
+    let mut h = Harness::v5();
+    h.send(&Packet::Publish(publish(
+        "a",
+        QosPid::ExactlyOnce(pid(8)),
+        b"x",
+    )));
+    assert_eq!(h.take_publishes().len(), 1);
+    h.conn
+        .handle_transport_closed(h.now, TransportFault::PeerClosed);
+    let (session, _) = h.conn.into_session();
+    assert_eq!(session.awaiting_pubrel().collect::<Vec<_>>(), vec![pid(8)]);
 }
