@@ -1,8 +1,8 @@
 //! Nothing acknowledged is lost across a crash: the real `twinmq` binary is killed with
 //! SIGKILL at seeded random moments while publishers send QoS 1 and QoS 2 messages (over
-//! TLS and over QUIC) to a persistent subscriber that is offline, then restarted on the same
-//! data directory. Every message whose PUBACK/PUBCOMP a publisher received must reach the
-//! subscriber; QoS 2 messages at most once.
+//! TLS and over QUIC) to persistent subscribers, offline or online, then restarted on the
+//! same data directory. Every message whose PUBACK/PUBCOMP a publisher received must reach
+//! every subscriber; QoS 2 messages exactly once.
 
 mod common;
 
@@ -14,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::temp_dir;
-use twinmq::client::{Client, ClientOptions, Transport};
+use tokio::sync::mpsc;
+use twinmq::client::{Client, ClientOptions, Reconnect, Transport};
 use twinmq::fault::schedule::Rng;
 use twinmq::protocol::QoS;
 
@@ -29,12 +30,24 @@ struct Broker {
 impl Broker {
     /// Starts `twinmq serve` on ephemeral ports and reads its addresses from stdout.
     fn start(data_dir: &Path) -> Broker {
+        Broker::start_on(data_dir, [0, 0, 0])
+    }
+
+    /// SIGKILL, then a new broker on the same data directory and the same ports (so
+    /// clients with a reconnect policy come back to it by themselves).
+    fn restart(self, data_dir: &Path) -> Broker {
+        let ports = [self.tcp.port(), self.tls.port(), self.quic.port()];
+        self.kill();
+        Broker::start_on(data_dir, ports)
+    }
+
+    fn start_on(data_dir: &Path, [tcp, tls, quic]: [u16; 3]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_twinmq"))
             .arg("serve")
             .args(["--set", &format!("data_dir={}", data_dir.display())])
-            .args(["--set", "listeners.tcp.bind=127.0.0.1:0"])
-            .args(["--set", "listeners.tls.bind=127.0.0.1:0"])
-            .args(["--set", "listeners.quic.bind=127.0.0.1:0"])
+            .args(["--set", &format!("listeners.tcp.bind=127.0.0.1:{tcp}")])
+            .args(["--set", &format!("listeners.tls.bind=127.0.0.1:{tls}")])
+            .args(["--set", &format!("listeners.quic.bind=127.0.0.1:{quic}")])
             .args(["--set", "log.level=warn"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -101,28 +114,17 @@ impl Drop for Broker {
 
 const CYCLES: u64 = 4;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_messages_survive_sigkill_over_tls_and_quic() {
-    let data_dir = temp_dir("crash");
-    let mut rng = Rng::new(0xC0FFEE);
-
-    // A persistent subscriber makes its session, then goes away.
-    let broker = Broker::start(&data_dir);
-    let sub_options = |b: &Broker| {
-        b.options(Transport::Tls, "crash-sub")
-            .persistent_session(Duration::from_secs(3600))
-    };
-    let (sub, _) = Client::connect(sub_options(&broker))
-        .await
-        .expect("subscriber");
-    sub.subscribe("crash/#", QoS::ExactlyOnce)
-        .await
-        .expect("subscribe");
-    sub.disconnect().await.expect("disconnect");
-
-    let mut broker = broker;
+/// Publishers (one per cycle, TLS and QUIC in turn) send QoS 1 and QoS 2 messages to
+/// `topic` until the broker is killed at a seeded random moment; it is restarted on the
+/// same data directory and ports. Returns the broker now running and every message a
+/// publisher got its PUBACK/PUBCOMP for.
+async fn publish_through_crashes(
+    mut broker: Broker,
+    data_dir: &Path,
+    rng: &mut Rng,
+    topic: &'static str,
+) -> (Broker, BTreeMap<String, QoS>) {
     let mut acked: BTreeMap<String, QoS> = BTreeMap::new();
-    let mut sent = 0u64;
     for cycle in 0..CYCLES {
         let transport = if cycle % 2 == 0 {
             Transport::Tls
@@ -142,10 +144,7 @@ async fn acknowledged_messages_survive_sigkill_over_tls_and_quic() {
                     QoS::ExactlyOnce
                 };
                 let payload = format!("{cycle}-{n}");
-                match publisher
-                    .publish("crash/x", payload.clone(), qos, false)
-                    .await
-                {
+                match publisher.publish(topic, payload.clone(), qos, false).await {
                     Ok(()) => acked.push((payload, qos)),
                     Err(_) => break,
                 }
@@ -153,37 +152,49 @@ async fn acknowledged_messages_survive_sigkill_over_tls_and_quic() {
             acked
         });
         tokio::time::sleep(kill_after).await;
-        broker.kill();
+        broker = broker.restart(data_dir);
         let got = tokio::time::timeout(Duration::from_secs(30), publishing)
             .await
             .expect("the publisher notices the crash")
             .expect("publisher task");
-        sent += got.len() as u64;
         acked.extend(got);
-        broker = Broker::start(&data_dir);
     }
     assert!(
-        sent > 0,
+        !acked.is_empty(),
         "publishers got acknowledgements before the crashes"
     );
+    (broker, acked)
+}
 
-    // The subscriber comes back: every acknowledged message is there, QoS 2 once.
-    let (sub, mut incoming) = Client::connect(sub_options(&broker))
-        .await
-        .expect("subscriber back");
-    assert!(
-        sub.session_present(),
-        "the persistent session survived {CYCLES} crashes"
-    );
+/// The payloads of the messages `incoming` delivers, read as they come.
+fn forward(mut incoming: twinmq::client::Incoming) -> mpsc::UnboundedReceiver<bytes::Bytes> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = incoming.next_message().await {
+            if tx.send(m.payload).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads payloads until every message of `acked` has arrived (bounded), then checks that
+/// none is missing and no QoS 2 message came twice.
+async fn expect_all_once(
+    who: &str,
+    payloads: &mut mpsc::UnboundedReceiver<bytes::Bytes>,
+    acked: &BTreeMap<String, QoS>,
+) {
     let mut seen: BTreeMap<String, u32> = BTreeMap::new();
     let wanted: BTreeSet<&String> = acked.keys().collect();
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
         while !wanted.iter().all(|p| seen.contains_key(*p)) {
-            let Some(m) = incoming.next_message().await else {
+            let Some(payload) = payloads.recv().await else {
                 break;
             };
             *seen
-                .entry(String::from_utf8_lossy(&m.payload).into_owned())
+                .entry(String::from_utf8_lossy(&payload).into_owned())
                 .or_default() += 1;
         }
     })
@@ -191,7 +202,7 @@ async fn acknowledged_messages_survive_sigkill_over_tls_and_quic() {
     let missing: Vec<&&String> = wanted.iter().filter(|p| !seen.contains_key(**p)).collect();
     assert!(
         outcome.is_ok() && missing.is_empty(),
-        "{} of {} acknowledged messages lost after {CYCLES} SIGKILLs, e.g. {:?}",
+        "{who}: {} of {} acknowledged messages lost after {CYCLES} SIGKILLs, e.g. {:?}",
         missing.len(),
         wanted.len(),
         missing.iter().take(5).collect::<Vec<_>>()
@@ -202,13 +213,80 @@ async fn acknowledged_messages_survive_sigkill_over_tls_and_quic() {
         .collect();
     assert!(
         twice.is_empty(),
-        "QoS 2 delivered more than once: {twice:?}"
+        "{who}: QoS 2 delivered more than once: {twice:?}"
     );
     eprintln!(
-        "crash test: {CYCLES} SIGKILL/restart cycles, {} acknowledged messages, all delivered",
+        "crash test, {who}: {CYCLES} SIGKILL/restart cycles, {} acknowledged messages, all \
+         delivered, no QoS 2 duplicate",
         wanted.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_sigkill_over_tls_and_quic() {
+    let data_dir = temp_dir("crash");
+    let mut rng = Rng::new(0xC0FFEE);
+
+    // A persistent subscriber makes its session, then goes away.
+    let broker = Broker::start(&data_dir);
+    let sub_options = |b: &Broker| {
+        b.options(Transport::Tls, "crash-sub")
+            .persistent_session(Duration::from_secs(3600))
+    };
+    let (sub, _) = Client::connect(sub_options(&broker))
+        .await
+        .expect("subscriber");
+    sub.subscribe("crash/#", QoS::ExactlyOnce)
+        .await
+        .expect("subscribe");
     sub.disconnect().await.expect("disconnect");
+
+    let (broker, acked) = publish_through_crashes(broker, &data_dir, &mut rng, "crash/x").await;
+
+    // The subscriber comes back: every acknowledged message is there, QoS 2 once.
+    let (sub, incoming) = Client::connect(sub_options(&broker))
+        .await
+        .expect("subscriber back");
+    assert!(
+        sub.session_present(),
+        "the persistent session survived {CYCLES} crashes"
+    );
+    expect_all_once("offline subscriber", &mut forward(incoming), &acked).await;
+    sub.disconnect().await.expect("disconnect");
+    broker.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_subscribers_get_every_acknowledged_message_once_through_sigkills() {
+    let data_dir = temp_dir("crash-live");
+    let mut rng = Rng::new(0x5EED_0B5E);
+    let broker = Broker::start(&data_dir);
+    // Online through every crash: each reconnects by itself to the restarted broker and
+    // resumes its session (its QoS 2 packet ids awaiting PUBREL included, as a client must).
+    let mut subscribers = Vec::new();
+    for (transport, id) in [(Transport::Tls, "live-tls"), (Transport::Quic, "live-quic")] {
+        let options = broker
+            .options(transport, id)
+            .persistent_session(Duration::from_secs(3600))
+            .reconnect(Some(Reconnect::new(
+                Duration::from_millis(20),
+                Duration::from_millis(200),
+            )));
+        let (client, incoming) = Client::connect(options).await.expect("subscriber");
+        client
+            .subscribe("live/#", QoS::ExactlyOnce)
+            .await
+            .expect("subscribe");
+        // Read while the broker is killed, so deliveries are in flight at each crash.
+        subscribers.push((id, client, forward(incoming)));
+    }
+
+    let (broker, acked) = publish_through_crashes(broker, &data_dir, &mut rng, "live/x").await;
+
+    for (id, client, mut payloads) in subscribers {
+        expect_all_once(id, &mut payloads, &acked).await;
+        client.disconnect().await.expect("disconnect");
+    }
     broker.kill();
 }
 
