@@ -72,6 +72,11 @@ fn options(broker: &Broker, transport: Transport, streams: StreamMode, id: &str)
 /// Publishes `MESSAGES` QoS 1 messages with `IN_FLIGHT` outstanding and waits until the
 /// subscriber has them all.
 async fn pump(publisher: &Client, incoming: &mut twinmq::client::Incoming) {
+    pump_at(publisher, incoming, QoS::AtLeastOnce).await
+}
+
+/// [`pump`] at `qos`.
+async fn pump_at(publisher: &Client, incoming: &mut twinmq::client::Incoming, qos: QoS) {
     let publisher = Arc::new(publisher.clone());
     let mut tasks = JoinSet::new();
     let per_task = MESSAGES / IN_FLIGHT;
@@ -79,7 +84,7 @@ async fn pump(publisher: &Client, incoming: &mut twinmq::client::Incoming) {
         let p = Arc::clone(&publisher);
         tasks.spawn(async move {
             for n in 0..per_task {
-                p.publish("bench/t", format!("{t}-{n}"), QoS::AtLeastOnce, false)
+                p.publish("bench/t", format!("{t}-{n}"), qos, false)
                     .await
                     .expect("publish");
             }
@@ -166,44 +171,51 @@ fn qos1_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-/// QoS 1 to a persistent subscriber: every message is stored before its PUBACK.
-fn qos1_durability(c: &mut Criterion) {
+/// QoS 1 and QoS 2 to a persistent subscriber: every message is stored before its
+/// PUBACK/PUBREC, and each QoS 2 delivery's packet id and PUBREC before its PUBLISH and
+/// PUBREL leave (two more commits per message; docs/decisions/0004).
+fn durability(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
-    let mut group = c.benchmark_group("qos1_persistent_2000_messages");
-    group.measurement_time(Duration::from_secs(8));
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(MESSAGES as u64));
-    for durability in ["none", "group", "sync"] {
-        let broker = start_with(&rt, durability);
-        let (publisher, mut incoming) = rt.block_on(async {
-            let (subscriber, incoming) = Client::connect(
-                options(&broker, Transport::Tls, StreamMode::Single, "durable-sub")
-                    .persistent_session(Duration::from_secs(3600)),
-            )
-            .await
-            .expect("subscriber");
-            subscriber
-                .subscribe("bench/#", QoS::AtLeastOnce)
+    for (name, qos) in [
+        ("qos1_persistent_2000_messages", QoS::AtLeastOnce),
+        ("qos2_persistent_2000_messages", QoS::ExactlyOnce),
+    ] {
+        let mut group = c.benchmark_group(name);
+        group.measurement_time(Duration::from_secs(8));
+        group.sample_size(10);
+        group.throughput(Throughput::Elements(MESSAGES as u64));
+        for durability in ["none", "group", "sync"] {
+            let broker = start_with(&rt, durability);
+            let (publisher, mut incoming) = rt.block_on(async {
+                let (subscriber, incoming) = Client::connect(
+                    options(&broker, Transport::Tls, StreamMode::Single, "durable-sub")
+                        .persistent_session(Duration::from_secs(3600)),
+                )
                 .await
-                .expect("subscribe");
-            std::mem::forget(subscriber);
-            let (publisher, _) = Client::connect(options(
-                &broker,
-                Transport::Tls,
-                StreamMode::Single,
-                "durable-pub",
-            ))
-            .await
-            .expect("publisher");
-            (publisher, incoming)
-        });
-        group.bench_function(durability, |b| {
-            b.iter(|| rt.block_on(pump(&publisher, &mut incoming)));
-        });
-        std::mem::forget(broker);
+                .expect("subscriber");
+                subscriber
+                    .subscribe("bench/#", qos)
+                    .await
+                    .expect("subscribe");
+                std::mem::forget(subscriber);
+                let (publisher, _) = Client::connect(options(
+                    &broker,
+                    Transport::Tls,
+                    StreamMode::Single,
+                    "durable-pub",
+                ))
+                .await
+                .expect("publisher");
+                (publisher, incoming)
+            });
+            group.bench_function(durability, |b| {
+                b.iter(|| rt.block_on(pump_at(&publisher, &mut incoming, qos)));
+            });
+            std::mem::forget(broker);
+        }
+        group.finish();
     }
-    group.finish();
 }
 
-criterion_group!(benches, connect_time, qos1_throughput, qos1_durability);
+criterion_group!(benches, connect_time, qos1_throughput, durability);
 criterion_main!(benches);

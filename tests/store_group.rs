@@ -141,3 +141,34 @@ async fn the_window_holds_a_group_open_for_late_batches() {
     let stats = store.stats();
     assert_eq!((stats.durable_commits, stats.batches), (1, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueued_batches_apply_in_call_order_and_lazy_ones_skip_the_fsync() {
+    let dir = TempDir::new("lazy");
+    let store = store(&dir);
+    let (committer, _task) = GroupCommitter::spawn(
+        Arc::clone(&store),
+        GroupCommitConfig::new(Durability::Sync, Duration::ZERO),
+    );
+    // Set, then cleared: enqueued without waiting, they still apply in call order.
+    let set = committer.enqueue(retained_batch(0));
+    let mut clear = WriteBatch::new(now());
+    clear.delete_retained(&TopicName::new("group/0").expect("topic"));
+    let cleared = committer.enqueue_lazy(clear);
+    set.await.expect("committed");
+    cleared.await.expect("committed");
+    assert!(store.recover(now()).expect("reads").retained.is_empty());
+    let stats = store.stats();
+    assert_eq!(stats.commits, 2);
+    assert_eq!(
+        stats.durable_commits, 1,
+        "the lazy batch alone was not fsynced"
+    );
+    // The next durable commit carries it to disk with its own.
+    committer
+        .submit(retained_batch(1))
+        .await
+        .expect("committed");
+    assert_eq!(store.stats().durable_commits, 2);
+    assert_eq!(store.recover(now()).expect("reads").retained.len(), 1);
+}

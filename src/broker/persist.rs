@@ -118,8 +118,11 @@ impl Broker {
     }
 
     /// Records a step of a stored outbound flow. The returned commit resolves when the
-    /// step is durable (what waits for it is up to the caller).
+    /// step is durable (what waits for it is up to the caller); a finished row's removal
+    /// rides on the next durable commit (losing it repeats at most a QoS 1 message or a
+    /// PUBREL, both allowed).
     pub(crate) fn record_flow(&self, client_id: &str, step: FlowStep) -> Option<Commit> {
+        let committer = self.committer.as_ref()?;
         let mut batch = WriteBatch::new(Now::from_clocks());
         match step {
             FlowStep::Sending { row, packet_id } => {
@@ -128,9 +131,12 @@ impl Broker {
             FlowStep::Received { row, packet_id } => {
                 batch.mark_inflight(client_id, row, packet_id, true)
             }
-            FlowStep::Finished { row } => batch.delete_row(client_id, row),
+            FlowStep::Finished { row } => {
+                batch.delete_row(client_id, row);
+                return Some(committer.enqueue_lazy(batch));
+            }
         }
-        self.enqueue(batch)
+        Some(committer.enqueue(batch))
     }
 
     /// Forgets a stored row (its message was dropped before reaching the session).

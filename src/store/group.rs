@@ -69,6 +69,8 @@ pub struct CommitterTask(JoinHandle<()>);
 #[derive(Debug)]
 struct Job {
     batch: WriteBatch,
+    /// Whether it must be on disk when `done` resolves (see `enqueue_lazy`).
+    durable: bool,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -98,11 +100,28 @@ impl GroupCommitter {
     /// caller): batches are applied in the order of their `enqueue` calls. The returned
     /// [`Commit`] resolves when it is committed; dropping it does not cancel the batch.
     pub fn enqueue(&self, batch: WriteBatch) -> Commit {
+        self.hand_over(batch, true)
+    }
+
+    /// [`GroupCommitter::enqueue`] for a batch that need not be on disk yet: it is applied
+    /// in order with the others but commits without an fsync when its group holds only
+    /// such batches, and reaches the disk with the next durable commit. For removals whose
+    /// loss in a crash is harmless (a finished flow's row: at worst a QoS 1 message or a
+    /// PUBREL is sent again), so they do not cost an fsync each under `sync`.
+    pub fn enqueue_lazy(&self, batch: WriteBatch) -> Commit {
+        self.hand_over(batch, false)
+    }
+
+    fn hand_over(&self, batch: WriteBatch, durable: bool) -> Commit {
         if self.durability == Durability::None || batch.is_empty() {
             return Commit::Done;
         }
         let (done, result) = oneshot::channel();
-        match self.jobs.send(Job { batch, done }) {
+        match self.jobs.send(Job {
+            batch,
+            durable,
+            done,
+        }) {
             Ok(()) => Commit::Waiting {
                 result,
                 path: self.store.path().to_path_buf(),
@@ -184,17 +203,19 @@ async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Job>, config: Gr
                 Ok(None) | Err(_) => break,
             }
         }
+        let durable = group.iter().any(|job| job.durable);
         let (batches, waiters): (Vec<WriteBatch>, Vec<_>) =
             group.into_iter().map(|job| (job.batch, job.done)).unzip();
         let committing = Arc::clone(&store);
-        let result = tokio::task::spawn_blocking(move || committing.commit_batches(&batches, true))
-            .await
-            .unwrap_or_else(|err| {
-                Err(StoreError::Storage {
-                    path: store.path().to_path_buf(),
-                    detail: format!("the commit task failed: {err}"),
-                })
-            });
+        let result =
+            tokio::task::spawn_blocking(move || committing.commit_batches(&batches, durable))
+                .await
+                .unwrap_or_else(|err| {
+                    Err(StoreError::Storage {
+                        path: store.path().to_path_buf(),
+                        detail: format!("the commit task failed: {err}"),
+                    })
+                });
         if let Err(err) = &result {
             tracing::error!("group commit of {} batches failed: {err}", waiters.len());
         }
