@@ -146,29 +146,59 @@ async fn the_window_holds_a_group_open_for_late_batches() {
 async fn enqueued_batches_apply_in_call_order_and_lazy_ones_skip_the_fsync() {
     let dir = TempDir::new("lazy");
     let store = store(&dir);
-    let (committer, _task) = GroupCommitter::spawn(
-        Arc::clone(&store),
-        GroupCommitConfig::new(Durability::Sync, Duration::ZERO),
-    );
+    // As the broker runs `storage.durability = sync`: one durable batch per commit.
+    let mut config = GroupCommitConfig::new(Durability::Sync, Duration::ZERO);
+    config.max_batches = 1;
+    let (committer, _task) = GroupCommitter::spawn(Arc::clone(&store), config);
+    let clear = |i: usize| {
+        let mut batch = WriteBatch::new(now());
+        batch.delete_retained(&TopicName::new(&format!("group/{i}")).expect("topic"));
+        batch
+    };
     // Set, then cleared: enqueued without waiting, they still apply in call order.
     let set = committer.enqueue(retained_batch(0));
-    let mut clear = WriteBatch::new(now());
-    clear.delete_retained(&TopicName::new("group/0").expect("topic"));
-    let cleared = committer.enqueue_lazy(clear);
+    let cleared = committer.enqueue_lazy(clear(0));
     set.await.expect("committed");
     cleared.await.expect("committed");
     assert!(store.recover(now()).expect("reads").retained.is_empty());
-    let stats = store.stats();
-    assert_eq!(stats.commits, 2);
-    assert_eq!(
-        stats.durable_commits, 1,
-        "the lazy batch alone was not fsynced"
-    );
-    // The next durable commit carries it to disk with its own.
+    assert_eq!(store.stats().durable_commits, 1, "one fsync for the set");
+
+    // A lazy batch alone commits without an fsync; the next durable commit carries it.
     committer
         .submit(retained_batch(1))
         .await
         .expect("committed");
-    assert_eq!(store.stats().durable_commits, 2);
+    committer
+        .submit(retained_batch(2))
+        .await
+        .expect("committed");
+    let before = store.stats();
+    committer.enqueue_lazy(clear(1)).await.expect("committed");
+    let after = store.stats();
+    assert_eq!(after.commits - before.commits, 1);
+    assert_eq!(after.durable_commits, before.durable_commits, "no fsync");
+    assert_eq!(store.recover(now()).expect("reads").retained.len(), 1);
+
+    // Under `sync`, lazy batches waiting with durable ones share their fsync, and each
+    // durable batch still gets its own.
+    let before = store.stats();
+    let batches: Vec<_> = (10..20)
+        .flat_map(|i| {
+            [
+                committer.enqueue(retained_batch(i)),
+                committer.enqueue_lazy(clear(i)),
+            ]
+        })
+        .collect();
+    for commit in batches {
+        commit.await.expect("committed");
+    }
+    let after = store.stats();
+    assert_eq!(after.durable_commits - before.durable_commits, 10);
+    assert_eq!(
+        after.commits - before.commits,
+        10,
+        "the lazy ones rode along"
+    );
     assert_eq!(store.recover(now()).expect("reads").retained.len(), 1);
 }

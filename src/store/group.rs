@@ -183,25 +183,46 @@ impl CommitterTask {
     }
 }
 
+/// Most lazy batches in one group, on top of `max_batches` durable ones.
+const MAX_LAZY_PER_GROUP: usize = 4096;
+
 async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Job>, config: GroupCommitConfig) {
     let max_batches = config.max_batches.max(1);
-    while let Some(first) = rx.recv().await {
+    // A durable batch that did not fit its group opens the next one.
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut durables = usize::from(first.durable);
         let mut group = vec![first];
         let closes = tokio::time::Instant::now() + config.window;
-        while group.len() < max_batches {
-            match rx.try_recv() {
-                Ok(job) => {
-                    group.push(job);
-                    continue;
-                }
+        // Lazy batches ride along without counting against `max_batches` (they add no
+        // fsync), so under `sync` they do not cost a commit each.
+        while group.len() < max_batches + MAX_LAZY_PER_GROUP {
+            let job = match rx.try_recv() {
+                Ok(job) => job,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) if config.window.is_zero() => break,
-                Err(mpsc::error::TryRecvError::Empty) => {}
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(closes, rx.recv()).await {
+                        Ok(Some(job)) => job,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            };
+            if job.durable {
+                if durables == max_batches {
+                    carried = Some(job);
+                    break;
+                }
+                durables += 1;
             }
-            match tokio::time::timeout_at(closes, rx.recv()).await {
-                Ok(Some(job)) => group.push(job),
-                Ok(None) | Err(_) => break,
-            }
+            group.push(job);
         }
         let durable = group.iter().any(|job| job.durable);
         let (batches, waiters): (Vec<WriteBatch>, Vec<_>) =
