@@ -172,6 +172,10 @@ pub fn broker_config(config: &Config) -> Result<BrokerConfig, ServerError> {
         )?),
         acl: Acl::from_settings(&config.auth)?,
         max_store_bytes: config.storage.max_store_bytes,
+        store_full_policy: match config.storage.full_policy {
+            config::StoreFullPolicy::Reject => crate::protocol::QueuePolicy::DropNew,
+            config::StoreFullPolicy::DropOldest => crate::protocol::QueuePolicy::DropOldest,
+        },
         ..BrokerConfig::default()
     })
 }

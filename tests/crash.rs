@@ -443,6 +443,134 @@ async fn a_full_store_refuses_new_qos1_publishes_with_quota_exceeded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_refuses_v311_publishes_by_closing_without_an_ack() {
+    use common::{connect, pid, publish_packet, RawClient};
+    use twinmq::protocol::{Packet, ProtocolVersion, QosPid};
+    let broker =
+        common::TestBroker::start_with("store-full-v3", &["storage.max_store_bytes=1MiB"]).await;
+    let (sub, _) = Client::connect(
+        ClientOptions::new("localhost")
+            .port(broker.tls.port())
+            .transport(Transport::Tls)
+            .ca_file(&broker.ca)
+            .client_id("v3-hoarder")
+            .reconnect(None)
+            .persistent_session(Duration::from_secs(600)),
+    )
+    .await
+    .expect("subscriber");
+    sub.subscribe("full3/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    sub.disconnect().await.expect("disconnect");
+
+    let mut publisher = RawClient::connect(broker.tcp, ProtocolVersion::V311).await;
+    assert!(matches!(
+        publisher
+            .handshake(connect(ProtocolVersion::V311, "v3-pusher", true, 30))
+            .await,
+        Packet::ConnAck(_)
+    ));
+    let payload = bytes::Bytes::from(vec![3u8; 64 * 1024]);
+    let mut acked = 0u16;
+    for n in 1..=40u16 {
+        let packet = publish_packet(
+            "full3/x",
+            QosPid::AtLeastOnce(pid(n)),
+            payload.clone(),
+            false,
+        );
+        publisher.send(&packet).await;
+        match publisher.recv().await {
+            Some(Packet::PubAck(a)) if a.packet_id == pid(n) => acked += 1,
+            // v3.1.1 cannot be told "quota exceeded": a PUBACK would claim the message was
+            // taken, so the broker closes and the client keeps it for its next connection.
+            None => break,
+            other => panic!("expected PUBACK or a close, got {other:?}"),
+        }
+    }
+    assert!(
+        (10..40).contains(&acked),
+        "about 1 MiB acknowledged, then a close ({acked})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_with_drop_oldest_keeps_the_newest_messages_and_counts_the_drops() {
+    let broker = common::TestBroker::start_with(
+        "store-drop-oldest",
+        &[
+            "storage.max_store_bytes=1MiB",
+            "storage.full_policy=drop_oldest",
+        ],
+    )
+    .await;
+    let options = |id: &str| {
+        ClientOptions::new("localhost")
+            .port(broker.tls.port())
+            .transport(Transport::Tls)
+            .ca_file(&broker.ca)
+            .client_id(id)
+            .reconnect(None)
+    };
+    let sub_options = || options("keeper").persistent_session(Duration::from_secs(600));
+    let (sub, _) = Client::connect(sub_options()).await.expect("subscriber");
+    sub.subscribe("drop/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    sub.disconnect().await.expect("disconnect");
+
+    // 40 x 64 KiB for an offline session, in a 1 MiB store: every publish is accepted.
+    let (publisher, _) = Client::connect(options("flood")).await.expect("publisher");
+    const N: usize = 40;
+    for n in 0..N {
+        let mut payload = format!("{n:02}:").into_bytes();
+        payload.resize(64 * 1024, b'.');
+        publisher
+            .publish("drop/x", payload, QoS::AtLeastOnce, false)
+            .await
+            .unwrap_or_else(|err| panic!("publish {n} accepted: {err}"));
+    }
+    let usage = broker
+        .server
+        .broker
+        .store_usage()
+        .expect("the broker has a store");
+    // The limit is checked as each publish arrives: the one that reaches it still lands.
+    assert!(
+        usage <= (1 << 20) + 65 * 1024,
+        "the store stays within its limit (plus one message): {usage} bytes"
+    );
+    let dropped = twinmq::broker::Stats::get(&broker.server.broker.stats.messages_dropped);
+    assert!(dropped > 0, "drops are counted in $SYS");
+
+    // The subscriber gets the newest messages, in order, up to the last one published.
+    let (sub, incoming) = Client::connect(sub_options()).await.expect("back");
+    assert!(sub.session_present());
+    let mut payloads = forward(incoming);
+    let mut got = Vec::new();
+    while got.last() != Some(&(N - 1)) {
+        let payload = tokio::time::timeout(Duration::from_secs(10), payloads.recv())
+            .await
+            .expect("delivery in time")
+            .expect("message");
+        let n: usize = std::str::from_utf8(&payload[..2])
+            .expect("index")
+            .parse()
+            .expect("index");
+        got.push(n);
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+    assert!(got[0] > 0, "the oldest were dropped: {got:?}");
+    assert_eq!(
+        (N - got.len()) as u64,
+        dropped,
+        "every message not delivered is a counted drop"
+    );
+    sub.disconnect().await.expect("disconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos2_is_delivered_exactly_once_across_a_restart_between_pubrec_and_pubrel() {
     use common::{connect, pid, publish_packet, RawClient};
     use twinmq::protocol::{Ack, Packet, ProtocolVersion, QosPid, ReasonCode};

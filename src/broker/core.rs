@@ -13,8 +13,8 @@ use super::persist::{Durable, Pending};
 use super::retained::{RetainedMessage, RetainedStore};
 use super::session::{Delivered, Registry, SessionKey};
 use crate::protocol::{
-    ConnectionConfig, Delivery, PacketId, Properties, Publish, QoS, QosPid, ReasonCode, SubAck,
-    Subscribe, TopicName, UnsubAck, Unsubscribe, Will,
+    ConnectionConfig, Delivery, PacketId, Properties, Publish, QoS, QosPid, QueuePolicy,
+    ReasonCode, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe, Will,
 };
 use crate::store::{GroupCommitter, Now, WriteBatch};
 use crate::transport::Command;
@@ -29,8 +29,11 @@ pub struct BrokerConfig {
     pub sys_interval: Option<Duration>,
     /// How often offline sessions are checked for expiry.
     pub expiry_sweep: Duration,
-    /// Past this many live bytes in the store, new QoS 1/2 publishes are refused (0x97).
+    /// Past this many live bytes in the store, `store_full_policy` applies.
     pub max_store_bytes: u64,
+    /// A full store: `DropNew` refuses new QoS 1/2 publishes (0x97), `DropOldest` drops the
+    /// oldest messages queued for offline sessions to make room.
+    pub store_full_policy: QueuePolicy,
     /// Who may connect (password file, client certificates, anonymous access).
     pub authenticator: Arc<Authenticator>,
     /// What each client may publish, subscribe to and receive.
@@ -45,6 +48,7 @@ impl Default for BrokerConfig {
             sys_interval: Some(Duration::from_secs(10)),
             expiry_sweep: Duration::from_secs(1),
             max_store_bytes: u64::MAX,
+            store_full_policy: QueuePolicy::DropNew,
             authenticator: Arc::new(Authenticator::new(None, true)),
             acl: Acl::allow_all(),
         }
@@ -95,6 +99,10 @@ pub struct Broker {
     pub(crate) committer: Option<GroupCommitter>,
     /// The next store row id (see `persist.rs`); continues after the recovered ones.
     pub(crate) next_row: AtomicU64,
+    /// Store bytes that dropped messages will free once their removal is committed.
+    pub(crate) freeing: Arc<AtomicU64>,
+    /// Held while dropping old messages to make room in a full store.
+    pub(crate) making_room: Mutex<()>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -123,6 +131,8 @@ impl Broker {
             shutdown,
             committer,
             next_row: AtomicU64::new(0),
+            freeing: Arc::default(),
+            making_room: Mutex::new(()),
         })
     }
 
@@ -198,7 +208,7 @@ impl Broker {
         inbound: Option<PacketId>,
     ) -> Routed {
         let stored = self.committer.is_some() && message.qos() > QoS::AtMostOnce;
-        if stored && self.store_full() {
+        if stored && self.store_full() && !self.make_room() {
             Stats::add(&self.stats.messages_dropped, 1);
             tracing::warn!(
                 limit = self.config.max_store_bytes,

@@ -23,14 +23,17 @@
 //! lands before the row it changes. QoS 0 and clean sessions never touch the store; with
 //! `storage.durability = none` there is no store at all.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::core::Broker;
+use super::core::{Broker, Stats};
 use super::session::SessionKey;
-use crate::protocol::{Delivery, FlowStep, InboundAck, PacketId, ReasonCode};
+use crate::protocol::{Delivery, FlowStep, InboundAck, PacketId, QueuePolicy, ReasonCode};
 use crate::store::{
     Commit, Now, PendingWill, RecordError, Recovered, SessionMeta, StoredSubscription, WriteBatch,
 };
@@ -110,11 +113,86 @@ impl Broker {
             .map(|committer| committer.enqueue(batch))
     }
 
-    /// Whether the store is over `storage.max_store_bytes`.
+    /// Live bytes in the store (what `storage.max_store_bytes` bounds), if there is one.
+    pub fn store_usage(&self) -> Option<u64> {
+        self.committer.as_ref().map(|c| c.store().live_bytes())
+    }
+
+    /// Whether the store is over `storage.max_store_bytes` (counting what drops already
+    /// on their way to it will free).
     pub(crate) fn store_full(&self) -> bool {
-        self.committer
-            .as_ref()
-            .is_some_and(|c| c.store().live_bytes() >= self.config.max_store_bytes)
+        self.committer.as_ref().is_some_and(|c| {
+            let freeing = self.freeing.load(Ordering::Relaxed);
+            c.store().live_bytes().saturating_sub(freeing) >= self.config.max_store_bytes
+        })
+    }
+
+    /// With `storage.full_policy = drop_oldest`: drops the oldest messages queued for
+    /// offline sessions (oldest by row id, across sessions) until a tenth of the limit
+    /// would be free. Returns whether any room was made; with `reject`, makes none.
+    pub(crate) fn make_room(&self) -> bool {
+        let Some(committer) = &self.committer else {
+            return false;
+        };
+        if self.config.store_full_policy != QueuePolicy::DropOldest {
+            return false;
+        }
+        // One caller makes room for all: the others go on, as the room is being made.
+        let Ok(_making) = self.making_room.try_lock() else {
+            return true;
+        };
+        let limit = self.config.max_store_bytes;
+        let live = committer.store().live_bytes();
+        let target = live
+            .saturating_sub(self.freeing.load(Ordering::Relaxed))
+            .saturating_sub(limit - limit / 10);
+        // Every offline session's oldest stored message, oldest first.
+        let mut fronts: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+        let entries = self.registry.entries();
+        for (i, entry) in entries.iter().enumerate() {
+            if let Some(row) = entry.oldest_queued_row() {
+                fronts.push(Reverse((row, i)));
+            }
+        }
+        let mut batch = WriteBatch::new(Now::from_clocks());
+        let (mut freed, mut dropped) = (0u64, 0u64);
+        while freed < target {
+            let Some(Reverse((row, i))) = fronts.pop() else {
+                break;
+            };
+            let entry = &entries[i];
+            if let Some(message) = entry.drop_oldest_queued(row) {
+                let id = entry.client_id().as_str();
+                batch.delete_row(id, row);
+                freed += stored_size(id, &message);
+                dropped += 1;
+            }
+            if let Some(next) = entry.oldest_queued_row() {
+                fronts.push(Reverse((next, i)));
+            }
+        }
+        if dropped == 0 {
+            return false;
+        }
+        Stats::add(&self.stats.messages_dropped, dropped);
+        tracing::warn!(
+            dropped,
+            freed_bytes = freed,
+            limit,
+            "store full (storage.max_store_bytes): dropped the oldest queued messages \
+             (storage.full_policy = drop_oldest)"
+        );
+        // Counted as free until the removal is committed and the live bytes show it.
+        self.freeing.fetch_add(freed, Ordering::Relaxed);
+        let commit = committer.enqueue(batch);
+        let freeing = Arc::clone(&self.freeing);
+        tokio::spawn(async move {
+            if let Err(err) = commit.await {
+                tracing::error!(error = %err, "dropping queued messages from the store failed");
+            }
+            freeing.fetch_sub(freed, Ordering::Relaxed);
+        });
+        true
     }
 
     /// Records a step of a stored outbound flow. The returned commit resolves when the
@@ -265,6 +343,11 @@ impl Broker {
         }
         tracing::info!(?report, "recovered from the store");
     }
+}
+
+/// About what a message's row takes in the store (its key, topic, payload and framing).
+fn stored_size(client_id: &str, message: &Delivery) -> u64 {
+    (client_id.len() + 8 + message.topic.len() + message.payload.len() + 32) as u64
 }
 
 fn report_unstorable(key: &SessionKey, err: &RecordError) {

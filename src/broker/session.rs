@@ -339,6 +339,23 @@ impl SessionEntry {
         matches!(&*self.slot(), Slot::Online { .. })
     }
 
+    /// The store row of the oldest message queued for this offline session, if it has one.
+    pub fn oldest_queued_row(&self) -> Option<u64> {
+        match &*self.slot() {
+            Slot::Offline { state, .. } => state.queued().next().and_then(|d| d.row),
+            Slot::Online { .. } => None,
+        }
+    }
+
+    /// Drops the oldest queued message of this offline session if it is still the one in
+    /// store row `row` (the store is full and this is the oldest message in it).
+    pub fn drop_oldest_queued(&self, row: u64) -> Option<Delivery> {
+        match &mut *self.slot() {
+            Slot::Offline { state, .. } => state.drop_oldest_if(row),
+            Slot::Online { .. } => None,
+        }
+    }
+
     /// Empties an offline session (it is being removed) and returns what it held.
     pub fn take_offline_state(&self) -> Option<SessionState> {
         match &mut *self.slot() {

@@ -203,6 +203,17 @@ pub struct StorageSettings {
     pub group_commit_ms: u64,
     #[serde(deserialize_with = "units::size")]
     pub max_store_bytes: u64,
+    pub full_policy: StoreFullPolicy,
+}
+
+/// What a store at `max_store_bytes` does with a new QoS 1/2 publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreFullPolicy {
+    /// Refuse it (v5 reason 0x97 quota exceeded).
+    Reject,
+    /// Make room by dropping the oldest messages queued for offline sessions.
+    DropOldest,
 }
 
 /// When a QoS 1/2 publish is acknowledged relative to its commit.

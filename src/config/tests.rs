@@ -45,6 +45,7 @@ fn defaults_have_the_documented_values() {
     assert_eq!(config.mqtt.max_keepalive, Duration::from_secs(3600));
     assert_eq!(config.mqtt.queue_full_policy, QueueFullPolicy::DropNew);
     assert_eq!(config.storage.durability, Durability::Group);
+    assert_eq!(config.storage.full_policy, StoreFullPolicy::Reject);
     assert_eq!(config.auth.allow_anonymous, None);
     assert!(config.anonymous_allowed());
     assert_eq!(config.log.format, LogFormat::Text);

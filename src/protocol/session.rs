@@ -324,6 +324,16 @@ impl SessionState {
         }
     }
 
+    /// Drops the oldest queued message if it is the one in store row `row`, counting it
+    /// as a full-queue drop.
+    pub fn drop_oldest_if(&mut self, row: u64) -> Option<Delivery> {
+        if self.queue.front()?.row != Some(row) {
+            return None;
+        }
+        self.drops.count(DropReason::QueueFull);
+        self.queue.pop_front()
+    }
+
     /// Messages waiting for the client, oldest first.
     pub fn queued(&self) -> impl Iterator<Item = &Delivery> {
         self.queue.iter()

@@ -373,6 +373,22 @@ impl Connection {
         reason: ReasonCode,
     ) {
         let id = ack.packet_id;
+        let transient = matches!(
+            reason,
+            ReasonCode::QuotaExceeded
+                | ReasonCode::ImplementationSpecificError
+                | ReasonCode::UnspecifiedError
+                | ReasonCode::ServerBusy
+        );
+        if transient && self.version == Some(ProtocolVersion::V311) {
+            // MQTT 3.1.1 has no way to refuse a publish: a PUBACK/PUBREC would say it was
+            // taken [MQTT-3.3.5-2]. For a refusal that may pass (store full or failing),
+            // close instead: the client sends it again on its next connection. A permanent
+            // one (not authorized) is acknowledged, so the client does not loop.
+            tracing::info!(connection = self.id, packet_id = %id, %reason, "v3.1.1 publish refused: closing");
+            self.disconnect(now, reason);
+            return;
+        }
         let lane = self.open_or_control(ack.lane);
         match ack.qos {
             QoS::AtLeastOnce => {
