@@ -4,6 +4,11 @@
 //! abandoned at close, and every QoS 1/2 message accepted is acknowledged by the peer,
 //! still held by the session, or dropped and counted; never two of these, never none.
 //! A second connection then resumes the session and must finish every held message.
+//!
+//! Some deliveries are stored (`Delivery::row`): a model store records their steps in any
+//! order, late or never, and a stored QoS 2 PUBLISH or PUBREL must never reach the peer
+//! before the store has recorded the step it waits for; every row is finished at most
+//! once, and only for a message the peer finished or that was dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -20,26 +25,46 @@ use crate::protocol::types::QosPid;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Deliver { qos: u8, big: bool },
+    Deliver {
+        qos: u8,
+        big: bool,
+        stored: bool,
+    },
+    /// The store records one of the steps waiting for it.
+    Record {
+        pick: u8,
+    },
     Transmit,
     Complete,
     Fail,
     Progress,
     ForgedCompletion,
     PeerAck,
-    PeerPublish { qos: u8 },
+    PeerPublish {
+        qos: u8,
+    },
     BrokerAccept,
     Ping,
-    Advance { secs: u8 },
+    Advance {
+        secs: u8,
+    },
     TransportClosed,
-    OpenLane { lane: u8 },
-    SubscribeOnLane { lane: u8 },
-    CloseLane { lane: u8 },
+    OpenLane {
+        lane: u8,
+    },
+    SubscribeOnLane {
+        lane: u8,
+    },
+    CloseLane {
+        lane: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u8..3, proptest::bool::weighted(0.1)).prop_map(|(qos, big)| Op::Deliver { qos, big }),
+        6 => (0u8..3, proptest::bool::weighted(0.1), proptest::bool::ANY)
+            .prop_map(|(qos, big, stored)| Op::Deliver { qos, big, stored }),
+        4 => any::<u8>().prop_map(|pick| Op::Record { pick }),
         6 => Just(Op::Transmit),
         6 => Just(Op::Complete),
         1 => Just(Op::Fail),
@@ -73,6 +98,14 @@ struct Ledger {
     unanswered: Vec<(PacketId, QoS, String)>,
     releases: BTreeMap<PacketId, String>,
     next: u32,
+    /// Stored messages: name -> row, and the steps the store has recorded.
+    row_of: BTreeMap<String, u64>,
+    recorded_sending: BTreeSet<u64>,
+    recorded_received: BTreeSet<u64>,
+    finished_rows: BTreeSet<u64>,
+    /// Steps waiting for the store.
+    steps: Vec<FlowStep>,
+    violations: Vec<String>,
 }
 
 impl Ledger {
@@ -83,6 +116,12 @@ impl Ledger {
             match packet {
                 Packet::Publish(p) => {
                     let name = p.topic.as_str().to_string();
+                    if let (QoS::ExactlyOnce, Some(row)) = (p.qos(), self.row_of.get(&name)) {
+                        if !self.recorded_sending.contains(row) {
+                            self.violations
+                                .push(format!("{name} sent before its packet id was stored"));
+                        }
+                    }
                     match p.qos_pid {
                         QosPid::AtMostOnce => self.qos0_received += 1,
                         QosPid::AtLeastOnce(id) | QosPid::ExactlyOnce(id) => {
@@ -96,6 +135,12 @@ impl Ledger {
                     // A PUBREL resent on a new connection names a flow this peer model
                     // has not seen; it completes it all the same.
                     let name = self.releases.get(&a.packet_id).cloned().unwrap_or_default();
+                    if let Some(row) = self.row_of.get(&name) {
+                        if !self.recorded_received.contains(row) {
+                            self.violations
+                                .push(format!("{name} released before its PUBREC was stored"));
+                        }
+                    }
                     self.unanswered.push((a.packet_id, QoS::AtMostOnce, name));
                 }
                 _ => {}
@@ -111,10 +156,37 @@ impl Ledger {
                     self.dropped.insert(topic.as_str().to_string());
                 }
                 Event::Publish { ack: Some(ack), .. } => acks.push(ack),
+                Event::Flow(FlowStep::Finished { row }) => {
+                    let again = !self.finished_rows.insert(row);
+                    self.violations
+                        .extend(again.then(|| format!("row {row} finished twice")));
+                }
+                Event::Flow(step) => self.steps.push(step),
                 _ => {}
             }
         }
         acks
+    }
+
+    /// The store records the `pick`th waiting step and tells the connection.
+    fn record(&mut self, h: &mut Harness, pick: usize) {
+        if self.steps.is_empty() {
+            return;
+        }
+        let step = self.steps.remove(pick % self.steps.len());
+        let (row, packet_id) = match step {
+            FlowStep::Sending { row, packet_id } => {
+                self.recorded_sending.insert(row);
+                (row, packet_id)
+            }
+            FlowStep::Received { row, packet_id } => {
+                self.recorded_received.insert(row);
+                (row, packet_id)
+            }
+            FlowStep::Finished { .. } => return,
+        };
+        h.conn.flow_recorded(h.now, packet_id, row);
+        h.drain_events();
     }
 
     /// The peer answers its oldest unanswered packet: PUBACK, PUBREC, or (for a PUBREL,
@@ -180,7 +252,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
     for op in ops {
         match op {
-            Op::Deliver { qos, big } => {
+            Op::Record { pick } => ledger.record(&mut h, usize::from(pick)),
+            Op::Deliver { qos, big, stored } => {
                 ledger.next += 1;
                 let name = format!("m/{}", ledger.next);
                 let qos = qos_of(qos);
@@ -197,8 +270,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     subscription_ids: Vec::new(),
                     shared: None,
                     expires_at: None,
-                    row: None,
+                    row: stored.then_some(u64::from(ledger.next)),
                 };
+                if stored {
+                    ledger.row_of.insert(name.clone(), u64::from(ledger.next));
+                }
                 if h.conn.deliver(h.now, delivery) == DeliverOutcome::Accepted {
                     if qos == QoS::AtMostOnce {
                         ledger.qos0_accepted += 1;
@@ -376,13 +452,24 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut resumed = connect;
     resumed.clean_start = false;
     let mut h2 = Harness::connected(config, resumed, session);
+    // What the store recorded stays recorded; steps that waited on the old connection
+    // are asked again by the new one.
     let mut ledger2 = Ledger {
         received: BTreeSet::new(),
+        row_of: ledger.row_of.clone(),
+        recorded_sending: ledger.recorded_sending.clone(),
+        recorded_received: ledger.recorded_received.clone(),
+        finished_rows: ledger.finished_rows.clone(),
         ..Ledger::default()
     };
     for _ in 0..1000 {
         h2.flush();
         let _ = ledger2.absorb(&mut h2);
+        while !ledger2.steps.is_empty() {
+            ledger2.record(&mut h2, 0);
+            h2.flush();
+            let _ = ledger2.absorb(&mut h2);
+        }
         if ledger2.unanswered.is_empty() {
             break;
         }
@@ -390,6 +477,26 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             ledger2.answer(&mut h2);
             h2.flush();
             let _ = ledger2.absorb(&mut h2);
+        }
+    }
+    prop_assert!(
+        ledger.violations.is_empty() && ledger2.violations.is_empty(),
+        "{:?} {:?}",
+        ledger.violations,
+        ledger2.violations
+    );
+    for (name, row) in &ledger.row_of {
+        if ledger.finished_rows.contains(row) {
+            prop_assert!(
+                ledger.finished.contains(name) || ledger.dropped.contains(name),
+                "row of {} finished while its message was neither finished nor dropped",
+                name
+            );
+            prop_assert!(
+                !held_set.contains(name),
+                "row of {} finished but held",
+                name
+            );
         }
     }
     prop_assert_eq!(
