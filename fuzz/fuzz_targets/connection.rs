@@ -10,7 +10,9 @@
 //!   interleave with input), bit 1 delivers messages to the client, bit 2 refuses the
 //!   CONNECT, bit 3 moves the clock 10 s per read (keep-alive and the send deadline fire),
 //!   bit 4 fails the last write instead of completing it, bit 5 ends with the client
-//!   hanging up rather than with the broker disconnecting.
+//!   hanging up rather than with the broker disconnecting, bit 6 makes the session a
+//!   stored one (deliveries with store rows, PUBCOMP after a recorded release; the model
+//!   store records every step at once).
 //!
 //! Checked on every input, besides "never panics":
 //! - every write the connection hands out decodes, in the connection's version, into whole
@@ -28,8 +30,9 @@ use libfuzzer_sys::fuzz_target;
 
 use twinmq::protocol::codec::Decoder;
 use twinmq::protocol::{
-    ConnectAccept, Connection, ConnectionConfig, Delivery, Event, Properties, ProtocolVersion, QoS,
-    ReasonCode, SendCompletion, SubAck, TopicName, Transmit, TransportFault, UnsubAck,
+    ConnectAccept, Connection, ConnectionConfig, Delivery, Event, FlowStep, Properties,
+    ProtocolVersion, QoS, ReasonCode, SendCompletion, SubAck, TopicName, Transmit, TransportFault,
+    UnsubAck,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -124,9 +127,17 @@ impl Driver {
                     self.conn
                         .accept_connect(now, ConnectAccept::default())
                         .expect("a CONNECT event means a decision is awaited");
+                    // Bit 6: a persistent session with a store (stored deliveries, recorded
+                    // releases; the model store records every step at once).
+                    self.conn.record_releases(flags.has(6));
                     if flags.has(1) {
-                        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
-                            self.conn.deliver(now, delivery(qos));
+                        for (row, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+                            .into_iter()
+                            .enumerate()
+                        {
+                            let mut d = delivery(qos);
+                            d.row = flags.has(6).then_some(row as u64);
+                            self.conn.deliver(now, d);
                         }
                     }
                 }
@@ -134,6 +145,11 @@ impl Driver {
                     self.conn.accept_publish(now, ack, ReasonCode::Success)
                 }
                 Event::Publish { ack: None, .. } => {}
+                Event::Flow(
+                    FlowStep::Sending { row, packet_id } | FlowStep::Received { row, packet_id },
+                ) => self.conn.flow_recorded(now, packet_id, row),
+                Event::Flow(FlowStep::Finished { .. }) => {}
+                Event::Released { packet_id } => self.conn.release_recorded(now, packet_id),
                 Event::Subscribe(subscribe) => {
                     let reasons = subscribe
                         .filters
