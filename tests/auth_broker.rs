@@ -23,13 +23,7 @@ fn passwd(file: &Path, user: &str, password: &str) {
 }
 
 fn options(broker: &TestBroker, id: &str) -> ClientOptions {
-    ClientOptions::new("localhost")
-        .port(broker.tls.port())
-        .transport(Transport::Tls)
-        .ca_file(&broker.ca)
-        .client_id(id)
-        .reconnect(None)
-        .connect_timeout(WAIT)
+    broker.tls_client(id).connect_timeout(WAIT)
 }
 
 async fn broker_with_auth(tag: &str) -> TestBroker {

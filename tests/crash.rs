@@ -233,13 +233,7 @@ async fn acknowledged_messages_survive_sigkill_over_tls_and_quic() {
         b.options(Transport::Tls, "crash-sub")
             .persistent_session(Duration::from_secs(3600))
     };
-    let (sub, _) = Client::connect(sub_options(&broker))
-        .await
-        .expect("subscriber");
-    sub.subscribe("crash/#", QoS::ExactlyOnce)
-        .await
-        .expect("subscribe");
-    sub.disconnect().await.expect("disconnect");
+    common::park_subscriber(sub_options(&broker), "crash/#", QoS::ExactlyOnce).await;
 
     let (broker, acked) = publish_through_crashes(broker, &data_dir, &mut rng, "crash/x").await;
 
@@ -397,23 +391,14 @@ async fn publisher_again(broker: &Broker) {
 async fn a_full_store_refuses_new_qos1_publishes_with_quota_exceeded() {
     let broker =
         common::TestBroker::start_with("store-full", &["storage.max_store_bytes=1MiB"]).await;
-    let options = |id: &str| {
-        ClientOptions::new("localhost")
-            .port(broker.tls.port())
-            .transport(Transport::Tls)
-            .ca_file(&broker.ca)
-            .client_id(id)
-            .reconnect(None)
-    };
     // A persistent subscriber goes offline; what is queued for it fills the store.
-    let (sub, _) = Client::connect(options("hoarder").persistent_session(Duration::from_secs(600)))
+    let hoarder = broker
+        .tls_client("hoarder")
+        .persistent_session(Duration::from_secs(600));
+    common::park_subscriber(hoarder, "full/#", QoS::AtLeastOnce).await;
+    let (publisher, _) = Client::connect(broker.tls_client("pusher"))
         .await
-        .expect("subscriber");
-    sub.subscribe("full/#", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    sub.disconnect().await.expect("disconnect");
-    let (publisher, _) = Client::connect(options("pusher")).await.expect("publisher");
+        .expect("publisher");
     let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
     let mut accepted = 0;
     let mut refused = None;
@@ -448,21 +433,10 @@ async fn a_full_store_refuses_v311_publishes_by_closing_without_an_ack() {
     use twinmq::protocol::{Packet, ProtocolVersion, QosPid};
     let broker =
         common::TestBroker::start_with("store-full-v3", &["storage.max_store_bytes=1MiB"]).await;
-    let (sub, _) = Client::connect(
-        ClientOptions::new("localhost")
-            .port(broker.tls.port())
-            .transport(Transport::Tls)
-            .ca_file(&broker.ca)
-            .client_id("v3-hoarder")
-            .reconnect(None)
-            .persistent_session(Duration::from_secs(600)),
-    )
-    .await
-    .expect("subscriber");
-    sub.subscribe("full3/#", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    sub.disconnect().await.expect("disconnect");
+    let hoarder = broker
+        .tls_client("v3-hoarder")
+        .persistent_session(Duration::from_secs(600));
+    common::park_subscriber(hoarder, "full3/#", QoS::AtLeastOnce).await;
 
     let mut publisher = RawClient::connect(broker.tcp, ProtocolVersion::V311).await;
     assert!(matches!(
@@ -505,23 +479,17 @@ async fn a_full_store_with_drop_oldest_keeps_the_newest_messages_and_counts_the_
         ],
     )
     .await;
-    let options = |id: &str| {
-        ClientOptions::new("localhost")
-            .port(broker.tls.port())
-            .transport(Transport::Tls)
-            .ca_file(&broker.ca)
-            .client_id(id)
-            .reconnect(None)
+    let sub_options = || {
+        broker
+            .tls_client("keeper")
+            .persistent_session(Duration::from_secs(600))
     };
-    let sub_options = || options("keeper").persistent_session(Duration::from_secs(600));
-    let (sub, _) = Client::connect(sub_options()).await.expect("subscriber");
-    sub.subscribe("drop/#", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    sub.disconnect().await.expect("disconnect");
+    common::park_subscriber(sub_options(), "drop/#", QoS::AtLeastOnce).await;
 
     // 40 x 64 KiB for an offline session, in a 1 MiB store: every publish is accepted.
-    let (publisher, _) = Client::connect(options("flood")).await.expect("publisher");
+    let (publisher, _) = Client::connect(broker.tls_client("flood"))
+        .await
+        .expect("publisher");
     const N: usize = 40;
     for n in 0..N {
         let mut payload = format!("{n:02}:").into_bytes();
@@ -581,13 +549,7 @@ async fn qos2_is_delivered_exactly_once_across_a_restart_between_pubrec_and_pubr
         b.options(Transport::Tls, "once-sub")
             .persistent_session(Duration::from_secs(3600))
     };
-    let (sub, _) = Client::connect(sub_options(&broker))
-        .await
-        .expect("subscriber");
-    sub.subscribe("once/#", QoS::ExactlyOnce)
-        .await
-        .expect("subscribe");
-    sub.disconnect().await.expect("disconnect");
+    common::park_subscriber(sub_options(&broker), "once/#", QoS::ExactlyOnce).await;
 
     // PUBLISH, PUBREC ... and the broker dies before the PUBREL.
     let mut publisher = RawClient::connect(broker.tcp, V5).await;
@@ -646,18 +608,29 @@ async fn qos2_is_delivered_exactly_once_across_a_restart_between_pubrec_and_pubr
     broker.kill();
 }
 
+/// Sends a PUBLISH and waits for its acknowledgement (PUBACK; PUBREC for QoS 2).
+async fn publish_acked(
+    client: &mut common::RawClient,
+    topic: &str,
+    payload: &str,
+    qos_pid: twinmq::protocol::QosPid,
+    retain: bool,
+) {
+    use twinmq::protocol::Packet;
+    let packet = common::publish_packet(topic, qos_pid, payload.to_string(), retain);
+    client.send(&packet).await;
+    match client.recv().await {
+        Some(Packet::PubAck(a) | Packet::PubRec(a)) if Some(a.packet_id) == qos_pid.packet_id() => {
+        }
+        other => panic!("expected the ack of {payload:?}, got {other:?}"),
+    }
+}
+
 /// PUBLISH at QoS 2 and complete the flow.
 async fn publish_qos2(client: &mut common::RawClient, topic: &str, payload: &str, id: u16) {
-    use common::{pid, publish_packet};
+    use common::pid;
     use twinmq::protocol::{Ack, Packet, QosPid};
-    let packet = publish_packet(
-        topic,
-        QosPid::ExactlyOnce(pid(id)),
-        payload.to_string(),
-        false,
-    );
-    client.send(&packet).await;
-    assert!(matches!(client.recv().await, Some(Packet::PubRec(a)) if a.packet_id == pid(id)));
+    publish_acked(client, topic, payload, QosPid::ExactlyOnce(pid(id)), false).await;
     client.send(&Packet::PubRel(Ack::new(pid(id)))).await;
     assert!(matches!(client.recv().await, Some(Packet::PubComp(a)) if a.packet_id == pid(id)));
 }
@@ -705,15 +678,14 @@ async fn an_online_subscriber_resumes_every_flow_where_it_was_after_sigkill() {
 
     publish_qos2(&mut publisher, "online/a", "m1", 1).await;
     publish_qos2(&mut publisher, "online/a", "m2", 2).await;
-    publisher
-        .send(&publish_packet(
-            "online/a",
-            QosPid::AtLeastOnce(pid(3)),
-            "m3",
-            false,
-        ))
-        .await;
-    assert!(matches!(publisher.recv().await, Some(Packet::PubAck(a)) if a.packet_id == pid(3)));
+    publish_acked(
+        &mut publisher,
+        "online/a",
+        "m3",
+        QosPid::AtLeastOnce(pid(3)),
+        false,
+    )
+    .await;
 
     // The subscriber leaves m1 unanswered, takes m2 up to its PUBREL, and acknowledges m3.
     let m1 = expect_publish(&mut sub, "m1").await;
@@ -725,25 +697,24 @@ async fn an_online_subscriber_resumes_every_flow_where_it_was_after_sigkill() {
     sub.send(&Packet::PubAck(Ack::new(id(&m3)))).await;
     // A stored write of its own, behind the PUBACK on the same connection: once it is
     // acknowledged, the end of m3's flow is on disk too (batches commit in order).
-    sub.send(&publish_packet(
+    publish_acked(
+        &mut sub,
         "barrier/online",
-        QosPid::AtLeastOnce(pid(9)),
         "b",
+        QosPid::AtLeastOnce(pid(9)),
         true,
-    ))
+    )
     .await;
-    assert!(matches!(sub.recv().await, Some(Packet::PubAck(a)) if a.packet_id == pid(9)));
 
     // m4: the broker has taken it (PUBREC) and sent it on when it dies, before the PUBREL.
-    publisher
-        .send(&publish_packet(
-            "online/a",
-            QosPid::ExactlyOnce(pid(4)),
-            "m4",
-            false,
-        ))
-        .await;
-    assert!(matches!(publisher.recv().await, Some(Packet::PubRec(a)) if a.packet_id == pid(4)));
+    publish_acked(
+        &mut publisher,
+        "online/a",
+        "m4",
+        QosPid::ExactlyOnce(pid(4)),
+        false,
+    )
+    .await;
     let m4 = expect_publish(&mut sub, "m4").await;
     broker.kill();
 
@@ -773,15 +744,14 @@ async fn an_online_subscriber_resumes_every_flow_where_it_was_after_sigkill() {
     publisher.send(&Packet::PubRel(Ack::new(pid(4)))).await;
     assert!(matches!(publisher.recv().await,
         Some(Packet::PubComp(a)) if a.packet_id == pid(4) && a.reason == ReasonCode::Success));
-    publisher
-        .send(&publish_packet(
-            "online/end",
-            QosPid::AtLeastOnce(pid(5)),
-            "end",
-            false,
-        ))
-        .await;
-    assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+    publish_acked(
+        &mut publisher,
+        "online/end",
+        "end",
+        QosPid::AtLeastOnce(pid(5)),
+        false,
+    )
+    .await;
 
     // Everything up to the sentinel: each flow resumes where the subscriber left it.
     let mut publishes: Vec<(String, bool, Option<PacketId>)> = Vec::new();

@@ -92,9 +92,34 @@ impl TestBroker {
         }
     }
 
+    /// Options for a `twinmq::client` over TLS to this broker, trusting its CA, without
+    /// reconnecting.
+    pub fn tls_client(&self, id: &str) -> twinmq::client::ClientOptions {
+        twinmq::client::ClientOptions::new("localhost")
+            .port(self.tls.port())
+            .transport(twinmq::client::Transport::Tls)
+            .ca_file(&self.ca)
+            .client_id(id)
+            .reconnect(None)
+    }
+
     pub fn config_for(tag: &str) -> Config {
         Config::defaults().unwrap_or_else(|e| panic!("{tag}: {e}"))
     }
+}
+
+/// Connects with `options` (a persistent session), subscribes to `filter` at `qos` and
+/// goes away: the session waits offline for what is published next.
+pub async fn park_subscriber(
+    options: twinmq::client::ClientOptions,
+    filter: &str,
+    qos: twinmq::protocol::QoS,
+) {
+    let (sub, _) = twinmq::client::Client::connect(options)
+        .await
+        .expect("subscriber connects");
+    sub.subscribe(filter, qos).await.expect("subscribed");
+    sub.disconnect().await.expect("disconnect");
 }
 
 /// A raw MQTT client over plain TCP: sends packets, reads packets, nothing else.

@@ -1379,6 +1379,17 @@ fn flow_steps(h: &mut Harness) -> Vec<FlowStep> {
     steps
 }
 
+/// The one step waiting for the store must be `step`: record it and write what waited.
+fn record_only(h: &mut Harness, step: FlowStep) {
+    assert_eq!(flow_steps(h), vec![step]);
+    let (FlowStep::Sending { row, packet_id } | FlowStep::Received { row, packet_id }) = step
+    else {
+        panic!("{step:?} waits for nothing");
+    };
+    h.conn.flow_recorded(h.now, packet_id, row);
+    h.flush();
+}
+
 #[test]
 fn a_stored_qos2_publish_and_pubrel_wait_for_the_store_and_nothing_overtakes_them() {
     let mut h = Harness::v5();
@@ -1431,15 +1442,13 @@ fn a_stored_qos2_publish_and_pubrel_wait_for_the_store_and_nothing_overtakes_the
     h.send(&Packet::PubRec(Ack::new(pid(1))));
     h.flush();
     assert!(h.take_received().is_empty());
-    assert_eq!(
-        flow_steps(&mut h),
-        vec![FlowStep::Received {
+    record_only(
+        &mut h,
+        FlowStep::Received {
             row: 10,
-            packet_id: pid(1)
-        }]
+            packet_id: pid(1),
+        },
     );
-    h.conn.flow_recorded(h.now, pid(1), 10);
-    h.flush();
     assert_eq!(
         ids_of(&h.take_received()),
         vec![(PacketType::PubRel, Some(1))]
@@ -1472,15 +1481,13 @@ fn a_stored_qos2_flow_cut_before_its_record_is_recorded_again_on_the_next_connec
     connect.clean_start = false;
     let mut h2 = Harness::connected(ConnectionConfig::default(), connect, session);
     assert!(h2.take_received().is_empty(), "not sent before the record");
-    assert_eq!(
-        flow_steps(&mut h2),
-        vec![FlowStep::Sending {
+    record_only(
+        &mut h2,
+        FlowStep::Sending {
             row: 7,
-            packet_id: pid(1)
-        }]
+            packet_id: pid(1),
+        },
     );
-    h2.conn.flow_recorded(h2.now, pid(1), 7);
-    h2.flush();
     assert!(matches!(h2.take_received().as_slice(),
         [Packet::Publish(p)] if p.qos_pid == QosPid::ExactlyOnce(pid(1)) && !p.dup));
 }
