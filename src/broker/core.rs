@@ -221,14 +221,15 @@ impl Broker {
             };
         }
         Stats::add(&self.stats.messages_received, 1);
-        let mut batch = WriteBatch::new(Now::from_clocks());
+        // QoS 0 (and a broker without a store) never builds a batch.
+        let mut batch = stored.then(|| WriteBatch::new(Now::from_clocks()));
         let expires_at = message
             .properties
             .message_expiry_interval
             .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs))));
         if message.retain {
             let retained = self.retain(message, expires_at);
-            if stored {
+            if let Some(batch) = batch.as_mut() {
                 match retained {
                     Some(retained) => {
                         if let Err(err) = batch.put_retained(&retained) {
@@ -239,7 +240,7 @@ impl Broker {
                 }
             }
         }
-        if let (true, Some(publisher), Some(id)) = (stored, publisher, inbound) {
+        if let (Some(batch), Some(publisher), Some(id)) = (batch.as_mut(), publisher, inbound) {
             if publisher.entry().is_persistent() {
                 batch.put_inbound(publisher.entry().client_id().as_str(), id);
             }
@@ -261,14 +262,14 @@ impl Broker {
                 expires_at,
                 row: None,
             };
-            if stored {
-                self.stamp_row(&route.client, &mut delivery, &mut batch);
+            if let Some(batch) = batch.as_mut() {
+                self.stamp_row(&route.client, &mut delivery, batch);
             }
             copies.push((route.client, delivery));
         }
-        let durable = match self.enqueue(batch) {
-            Some(commit) if stored => Pending::Commit(commit),
-            _ => Pending::Ready(Durable::Yes),
+        let durable = match batch.and_then(|batch| self.enqueue(batch)) {
+            Some(commit) => Pending::Commit(commit),
+            None => Pending::Ready(Durable::Yes),
         };
         for (client, delivery) in copies {
             self.hand_over(&client, delivery);
