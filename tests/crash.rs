@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::temp_dir;
 use tokio::sync::mpsc;
-use twinmq::client::{Client, ClientOptions, Reconnect, Transport};
+use twinmq::client::{Client, ClientOptions, Reconnect, StreamMode, Transport};
 use twinmq::fault::schedule::Rng;
 use twinmq::protocol::QoS;
 
@@ -252,15 +252,21 @@ async fn acknowledged_messages_survive_sigkill_over_tls_and_quic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_subscribers_get_every_acknowledged_message_once_through_sigkills() {
+    // One subscriber per mapping: TLS, QUIC on one stream, QUIC over many streams.
     let data_dir = temp_dir("crash-live");
     let mut rng = Rng::new(0x5EED_0B5E);
     let broker = Broker::start(&data_dir);
     // Online through every crash: each reconnects by itself to the restarted broker and
     // resumes its session (its QoS 2 packet ids awaiting PUBREL included, as a client must).
     let mut subscribers = Vec::new();
-    for (transport, id) in [(Transport::Tls, "live-tls"), (Transport::Quic, "live-quic")] {
+    for (transport, streams, id) in [
+        (Transport::Tls, StreamMode::Single, "live-tls"),
+        (Transport::Quic, StreamMode::Single, "live-quic"),
+        (Transport::Quic, StreamMode::Multi, "live-quic-multi"),
+    ] {
         let options = broker
             .options(transport, id)
+            .streams(streams)
             .persistent_session(Duration::from_secs(3600))
             .reconnect(Some(Reconnect::new(
                 Duration::from_millis(20),
