@@ -517,6 +517,23 @@ async fn a_full_store_with_drop_oldest_keeps_the_newest_messages_and_counts_the_
     );
     let dropped = twinmq::broker::Stats::get(&broker.server.broker.stats.messages_dropped);
     assert!(dropped > 0, "drops are counted in $SYS");
+    // Operators see the store's size in $SYS too (retained, refreshed every sys.interval).
+    broker.server.broker.publish_sys(std::time::Instant::now());
+    let (watcher, sys) = Client::connect(broker.tls_client("watcher"))
+        .await
+        .expect("watcher");
+    watcher
+        .subscribe("$SYS/broker/store/bytes", QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    let reported = tokio::time::timeout(Duration::from_secs(10), forward(sys).recv())
+        .await
+        .expect("retained $SYS message in time")
+        .expect("message");
+    assert_eq!(
+        std::str::from_utf8(&reported).expect("text"),
+        usage.to_string()
+    );
 
     // The subscriber gets the newest messages, in order, up to the last one published.
     let (sub, incoming) = Client::connect(sub_options()).await.expect("back");

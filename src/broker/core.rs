@@ -286,10 +286,12 @@ impl Broker {
             Delivered::QueuedDroppingOldest { evicted_row } => {
                 Stats::add(&self.stats.messages_sent, 1);
                 Stats::add(&self.stats.messages_dropped, 1);
+                tracing::debug!(client_id = ?client, "queue full: oldest queued message dropped");
                 self.forget_row(client, evicted_row);
             }
             Delivered::Dropped => {
                 Stats::add(&self.stats.messages_dropped, 1);
+                tracing::debug!(client_id = ?client, "queue full: message dropped");
                 self.forget_row(client, row);
             }
             Delivered::Refused => self.forget_row(client, row),
@@ -488,7 +490,7 @@ impl Broker {
     /// Publishes the `$SYS/broker/...` topics as retained messages.
     pub fn publish_sys(&self, now: Instant) {
         let s = &self.stats;
-        let topics: [(&str, String); 11] = [
+        let mut topics: Vec<(&str, String)> = vec![
             (
                 "$SYS/broker/version",
                 format!("twinmq {}", env!("CARGO_PKG_VERSION")),
@@ -531,6 +533,9 @@ impl Broker {
                 self.retained().len().to_string(),
             ),
         ];
+        if let Some(bytes) = self.store_usage() {
+            topics.push(("$SYS/broker/store/bytes", bytes.to_string()));
+        }
         for (topic, value) in topics {
             let Ok(topic) = TopicName::new(topic) else {
                 continue;
