@@ -184,11 +184,12 @@ fn forward(mut incoming: twinmq::client::Incoming) -> mpsc::UnboundedReceiver<by
 }
 
 /// Reads payloads until every message of `acked` has arrived (bounded), then checks that
-/// none is missing and no QoS 2 message came twice.
-async fn expect_all_once(
+/// none is missing and, with `qos2_once`, that no QoS 2 message came twice.
+async fn expect_all(
     who: &str,
     payloads: &mut mpsc::UnboundedReceiver<bytes::Bytes>,
     acked: &BTreeMap<String, QoS>,
+    qos2_once: bool,
 ) {
     let mut seen: BTreeMap<String, u32> = BTreeMap::new();
     let wanted: BTreeSet<&String> = acked.keys().collect();
@@ -215,14 +216,21 @@ async fn expect_all_once(
         .iter()
         .filter(|(p, n)| **n > 1 && acked.get(*p) == Some(&QoS::ExactlyOnce))
         .collect();
-    assert!(
-        twice.is_empty(),
-        "{who}: QoS 2 delivered more than once: {twice:?}"
-    );
+    if qos2_once {
+        assert!(
+            twice.is_empty(),
+            "{who}: QoS 2 delivered more than once: {twice:?}"
+        );
+    }
+    let again = seen
+        .iter()
+        .filter(|(p, n)| **n > 1 && acked.contains_key(*p))
+        .count();
     eprintln!(
         "crash test, {who}: {CYCLES} SIGKILL/restart cycles, {} acknowledged messages, all \
-         delivered, no QoS 2 duplicate",
-        wanted.len()
+         delivered; {again} more than once ({} of them QoS 2)",
+        wanted.len(),
+        twice.len()
     );
 }
 
@@ -249,7 +257,7 @@ async fn acknowledged_messages_survive_sigkill_over_tls_and_quic() {
         sub.session_present(),
         "the persistent session survived {CYCLES} crashes"
     );
-    expect_all_once("offline subscriber", &mut forward(incoming), &acked).await;
+    expect_all("offline subscriber", &mut forward(incoming), &acked, true).await;
     sub.disconnect().await.expect("disconnect");
     broker.kill();
 }
@@ -288,7 +296,7 @@ async fn online_subscribers_get_every_acknowledged_message_once_through_sigkills
     let (broker, acked) = publish_through_crashes(broker, &data_dir, &mut rng, "live/x").await;
 
     for (id, client, mut payloads) in subscribers {
-        expect_all_once(id, &mut payloads, &acked).await;
+        expect_all(id, &mut payloads, &acked, true).await;
         client.disconnect().await.expect("disconnect");
     }
     broker.kill();
@@ -302,7 +310,7 @@ fn mosquitto_subscriber(
     ca: PathBuf,
     port: u16,
     id: String,
-) -> mpsc::UnboundedReceiver<clients::Msg> {
+) -> mpsc::UnboundedReceiver<bytes::Bytes> {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -331,7 +339,7 @@ fn mosquitto_subscriber(
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(msg) = clients::Msg::parse(&line) {
-                    if tx.send(msg).is_err() {
+                    if tx.send(bytes::Bytes::from(msg.payload)).is_err() {
                         return;
                     }
                 }
@@ -371,13 +379,13 @@ async fn mosquitto_sub_gets_every_acknowledged_message_through_sigkills() {
         .await
         .expect("marker published");
     marker.disconnect().await.expect("disconnect");
-    for (id, messages) in &mut subscribers {
+    for (id, payloads) in &mut subscribers {
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+            let payload = tokio::time::timeout(Duration::from_secs(10), payloads.recv())
                 .await
                 .unwrap_or_else(|_| panic!("{id}: subscribed in time"))
                 .expect("subscriber running");
-            if m.topic == "mosq/ready" {
+            if payload.as_ref() == b"ready" {
                 break;
             }
         }
@@ -385,38 +393,9 @@ async fn mosquitto_sub_gets_every_acknowledged_message_through_sigkills() {
 
     let (broker, acked) = publish_through_crashes(broker, &data_dir, &mut rng, "mosq/x").await;
 
-    for (id, messages) in &mut subscribers {
-        let mut seen: BTreeMap<String, u32> = BTreeMap::new();
-        let wanted: BTreeSet<&String> = acked.keys().collect();
-        let outcome = tokio::time::timeout(Duration::from_secs(60), async {
-            while !wanted.iter().all(|p| seen.contains_key(*p)) {
-                let Some(m) = messages.recv().await else {
-                    break;
-                };
-                // Each run subscribes again and gets the retained marker again.
-                if m.topic != "mosq/ready" {
-                    *seen.entry(m.payload).or_default() += 1;
-                }
-            }
-        })
-        .await;
-        let missing: Vec<(&&String, Option<&QoS>)> = wanted
-            .iter()
-            .filter(|p| !seen.contains_key(**p))
-            .map(|p| (p, acked.get(*p)))
-            .collect();
-        assert!(
-            outcome.is_ok() && missing.is_empty(),
-            "{id}: {} of {} acknowledged messages lost: {missing:?}",
-            missing.len(),
-            wanted.len()
-        );
-        let again = seen.values().filter(|n| **n > 1).count();
-        eprintln!(
-            "crash test, {id}: {CYCLES} SIGKILL/restart cycles, {} acknowledged messages, all \
-             delivered ({again} more than once, as QoS 1 allows)",
-            acked.len()
-        );
+    for (id, payloads) in &mut subscribers {
+        // The marker comes again with each run (it subscribes again); it is not counted.
+        expect_all(id, payloads, &acked, false).await;
     }
     broker.kill();
 }
