@@ -198,8 +198,9 @@ impl Broker {
 
     /// [`Broker::publish`], storing a QoS 1/2 message's copies for persistent sessions and
     /// its retained change (with `inbound`, the publisher's QoS 2 packet id) in one batch,
-    /// enqueued before any copy is handed over. A store over `storage.max_store_bytes`
-    /// refuses the message (0x97 quota exceeded) and routes nothing.
+    /// enqueued before any copy is handed over. A batch that would take the store past
+    /// `storage.max_store_bytes` (after `storage.full_policy` made what room it may)
+    /// refuses the message (0x97 quota exceeded): nothing is routed or retained.
     pub(crate) fn route(
         &self,
         publisher: Option<&SessionKey>,
@@ -208,36 +209,23 @@ impl Broker {
         inbound: Option<PacketId>,
     ) -> Routed {
         let stored = self.committer.is_some() && message.qos() > QoS::AtMostOnce;
-        if stored && self.store_full() && !self.make_room() {
-            Stats::add(&self.stats.messages_dropped, 1);
-            tracing::warn!(
-                limit = self.config.max_store_bytes,
-                topic = %message.topic,
-                "store full (storage.max_store_bytes): publish refused with 0x97"
-            );
-            return Routed {
-                matched: 0,
-                durable: Pending::Ready(Durable::Refused(ReasonCode::QuotaExceeded)),
-            };
-        }
-        Stats::add(&self.stats.messages_received, 1);
         // QoS 0 (and a broker without a store) never builds a batch.
         let mut batch = stored.then(|| WriteBatch::new(Now::from_clocks()));
         let expires_at = message
             .properties
             .message_expiry_interval
             .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs))));
-        if message.retain {
-            let retained = self.retain(message, expires_at);
-            if let Some(batch) = batch.as_mut() {
-                match retained {
-                    Some(retained) => {
-                        if let Err(err) = batch.put_retained(&retained) {
-                            tracing::error!(error = %err, "retained message not stored");
-                        }
+        let retained = message
+            .retain
+            .then(|| retained_message(message, expires_at));
+        if let (Some(batch), Some(retained)) = (batch.as_mut(), &retained) {
+            match retained {
+                Some(retained) => {
+                    if let Err(err) = batch.put_retained(retained) {
+                        tracing::error!(error = %err, "retained message not stored");
                     }
-                    None => batch.delete_retained(&message.topic),
                 }
+                None => batch.delete_retained(&message.topic),
             }
         }
         if let (Some(batch), Some(publisher), Some(id)) = (batch.as_mut(), publisher, inbound) {
@@ -266,6 +254,24 @@ impl Broker {
                 self.stamp_row(&route.client, &mut delivery, batch);
             }
             copies.push((route.client, delivery));
+        }
+        if let Some(batch) = &batch {
+            if !self.make_room(batch.encoded_bytes()) {
+                Stats::add(&self.stats.messages_dropped, 1);
+                tracing::warn!(
+                    limit = self.config.max_store_bytes,
+                    topic = %message.topic,
+                    "store full (storage.max_store_bytes): publish refused with 0x97"
+                );
+                return Routed {
+                    matched: 0,
+                    durable: Pending::Ready(Durable::Refused(ReasonCode::QuotaExceeded)),
+                };
+            }
+        }
+        Stats::add(&self.stats.messages_received, 1);
+        if let Some(retained) = retained {
+            self.set_retained(&message.topic, retained);
         }
         let durable = match batch.and_then(|batch| self.enqueue(batch)) {
             Some(commit) => Pending::Commit(commit),
@@ -298,23 +304,15 @@ impl Broker {
         }
     }
 
-    /// Sets (or, for an empty payload, clears [MQTT-3.3.1-6]) the retained message of the
-    /// topic; returns what was set.
-    fn retain(&self, message: &Publish, expires_at: Option<Instant>) -> Option<RetainedMessage> {
+    /// Sets the retained message of `topic`, or clears it (`None`: an empty payload
+    /// [MQTT-3.3.1-6]).
+    fn set_retained(&self, topic: &TopicName, retained: Option<RetainedMessage>) {
         let mut store = self.retained();
-        if message.payload.is_empty() {
-            store.remove(&message.topic);
-            return None;
-        }
-        let retained = RetainedMessage {
-            topic: message.topic.clone(),
-            payload: message.payload.clone(),
-            qos: message.qos(),
-            properties: forwarded_properties(&message.properties),
-            expires_at,
+        // What was retained before is not needed.
+        let _previous = match retained {
+            Some(message) => store.set(message),
+            None => store.remove(topic),
         };
-        store.set(retained.clone());
-        Some(retained)
     }
 
     /// Subscribes, answers with SUBACK, and returns the retained messages to send after
@@ -549,7 +547,7 @@ impl Broker {
                 properties: Properties::default(),
             };
             // $SYS messages are not counted as client traffic.
-            self.retain(&message, None);
+            self.set_retained(&message.topic, retained_message(&message, None));
             for route in self.index.matches(&message.topic, None) {
                 route.client.entry().deliver(Delivery {
                     topic: message.topic.clone(),
@@ -594,6 +592,18 @@ fn forwarded_properties(properties: &Properties) -> Properties {
         message_expiry_interval: properties.message_expiry_interval,
         ..Properties::default()
     }
+}
+
+/// What a retained PUBLISH leaves as the topic's retained message; `None` clears it (an
+/// empty payload [MQTT-3.3.1-6]).
+fn retained_message(message: &Publish, expires_at: Option<Instant>) -> Option<RetainedMessage> {
+    (!message.payload.is_empty()).then(|| RetainedMessage {
+        topic: message.topic.clone(),
+        payload: message.payload.clone(),
+        qos: message.qos(),
+        properties: forwarded_properties(&message.properties),
+        expires_at,
+    })
 }
 
 /// The full `$share/<group>/<filter>` a shared route came from.

@@ -118,33 +118,44 @@ impl Broker {
         self.committer.as_ref().map(|c| c.store().live_bytes())
     }
 
-    /// Whether the store is over `storage.max_store_bytes` (counting what drops already
-    /// on their way to it will free).
-    pub(crate) fn store_full(&self) -> bool {
+    /// Whether `adding` more bytes would take the store past `storage.max_store_bytes`
+    /// (counting what drops already on their way to it will free).
+    pub(crate) fn store_full(&self, adding: usize) -> bool {
         self.committer.as_ref().is_some_and(|c| {
             let freeing = self.freeing.load(Ordering::Relaxed);
-            c.store().live_bytes().saturating_sub(freeing) >= self.config.max_store_bytes
+            let live = c.store().live_bytes().saturating_sub(freeing);
+            live.saturating_add(adding as u64) > self.config.max_store_bytes
         })
     }
 
-    /// With `storage.full_policy = drop_oldest`: drops the oldest messages queued for
-    /// offline sessions (oldest by row id, across sessions) until a tenth of the limit
-    /// would be free. Returns whether any room was made; with `reject`, makes none.
-    pub(crate) fn make_room(&self) -> bool {
+    /// Makes room for `adding` bytes, if the store needs it and may: with
+    /// `storage.full_policy = drop_oldest`, drops the oldest messages queued for offline
+    /// sessions (oldest by row id, across sessions) until a tenth of the limit would be
+    /// free after the write. Returns whether the write now fits; with `reject` only if it
+    /// fitted already.
+    pub(crate) fn make_room(&self, adding: usize) -> bool {
         let Some(committer) = &self.committer else {
-            return false;
+            return true;
         };
+        if !self.store_full(adding) {
+            return true;
+        }
         if self.config.store_full_policy != QueuePolicy::DropOldest {
             return false;
         }
-        // One caller makes room for all: the others go on, as the room is being made.
-        let Ok(_making) = self.making_room.try_lock() else {
+        // One publisher makes room at a time; the next sees what it freed.
+        let _making = self
+            .making_room
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !self.store_full(adding) {
             return true;
-        };
+        }
         let limit = self.config.max_store_bytes;
         let live = committer.store().live_bytes();
         let target = live
             .saturating_sub(self.freeing.load(Ordering::Relaxed))
+            .saturating_add(adding as u64)
             .saturating_sub(limit - limit / 10);
         // Every offline session's oldest stored message, oldest first.
         let mut fronts: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
@@ -172,7 +183,7 @@ impl Broker {
             }
         }
         if dropped == 0 {
-            return false;
+            return !self.store_full(adding);
         }
         Stats::add(&self.stats.messages_dropped, dropped);
         tracing::warn!(
@@ -192,7 +203,7 @@ impl Broker {
             }
             freeing.fetch_sub(freed, Ordering::Relaxed);
         });
-        true
+        !self.store_full(adding)
     }
 
     /// Records a step of a stored outbound flow. The returned commit resolves when the

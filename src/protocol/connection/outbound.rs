@@ -158,7 +158,13 @@ impl Connection {
     fn send_fresh(&mut self, now: Instant, delivery: Delivery, qos_pid: QosPid) -> bool {
         if let (Some(id), Some(row)) = (qos_pid.packet_id(), delivery.row) {
             if needs_record(&delivery) {
-                // No frame (and no topic alias) until the store holds the packet id.
+                // No frame (and no topic alias) until the store holds the packet id; but a
+                // message the client cannot take is dropped now, not after a record.
+                let check = publish_for(&delivery, qos_pid, false, now);
+                if let Err(err) = self.encode(&Packet::Publish(check)) {
+                    self.on_publish_unencodable(&delivery, err);
+                    return false;
+                }
                 let lane = self.lane_for_topic(&delivery.topic);
                 self.session.start_flow(id, delivery, lane);
                 self.events

@@ -1565,3 +1565,17 @@ fn an_inbound_qos2_id_taken_but_not_yet_acknowledged_stays_taken_after_a_close()
     let (session, _) = h.conn.into_session();
     assert_eq!(session.awaiting_pubrel().collect::<Vec<_>>(), vec![pid(8)]);
 }
+
+#[test]
+fn a_stored_qos2_message_too_large_for_the_client_is_dropped_before_any_record() {
+    let mut connect = connect_packet(ProtocolVersion::V5, "c1");
+    connect.properties.maximum_packet_size = NonZeroU32::new(64);
+    let mut h = Harness::connected(ConnectionConfig::default(), connect, SessionState::new());
+    static BIG: [u8; 100] = [7; 100];
+    h.conn
+        .deliver(h.now, stored("t", QoS::ExactlyOnce, &BIG, 4));
+    h.drain_events();
+    assert_eq!(flow_steps(&mut h), vec![FlowStep::Finished { row: 4 }]);
+    assert_eq!(h.conn.session().drops().too_large, 1);
+    assert_eq!(h.conn.session().inflight_len(), 0);
+}
