@@ -3,10 +3,10 @@
 //! acknowledged is lost across a crash.
 //!
 //! ```text
-//!  broker ── WriteBatch ──► GroupCommitter::submit ──► one write transaction per group,
-//!  (put_session,            (tokio task; batches        one fsync (redb Durability::Immediate)
-//!   append_queued,           within group_commit_ms)     ──► every submit of the group resolves
-//!   put_retained, ...)                                         ──► broker releases PUBACK/PUBREC
+//!  broker ── WriteBatch ──► GroupCommitter::enqueue ──► one write transaction per group,
+//!  (put_meta,               (in call order; batches       one fsync (redb Durability::Immediate)
+//!   append_queued,           within group_commit_ms)      ──► every commit of the group resolves
+//!   mark_inflight, ...)                                         ──► broker releases what waited
 //!
 //!  start ── Store::open(data_dir) ──► Store::recover(now) ──► sessions, retained, wills
 //!           lock, schema version,      expired dropped (and
@@ -22,8 +22,9 @@
 //! - [`WriteBatch`]: changes encoded up front (messages as MQTT 5 PUBLISH packets by the
 //!   protocol codec, the rest in a small versioned framing: see `encoding.rs`), committed
 //!   together, in order.
-//! - [`GroupCommitter`]: a tokio task that merges the batches submitted within one window
-//!   into one durable commit, and resolves each `submit` when its batch is on disk.
+//! - [`GroupCommitter`]: a tokio task that merges the batches enqueued within one window
+//!   into one durable commit, in the order they were enqueued, and resolves each when its
+//!   batch is on disk.
 //! - [`Store::recover`]: what a restarted broker resumes, with times converted from the
 //!   wall clock back to `Instant`s against a [`Now`].
 //! - [`Store::usage`]: file size and live bytes, for the broker's `max_store_bytes` policy.
@@ -47,10 +48,10 @@
 //!
 //! use bytes::Bytes;
 //! use twinmq::broker::retained::RetainedMessage;
-//! use twinmq::protocol::{Delivery, Properties, QoS, SessionState, TopicName};
+//! use twinmq::protocol::{Delivery, PacketId, Properties, QoS, SessionState, TopicName};
 //! use twinmq::store::{
-//!     Durability, GroupCommitConfig, GroupCommitter, Now, SessionRecord, Store,
-//!     StoreOptions, WriteBatch,
+//!     Durability, GroupCommitConfig, GroupCommitter, Now, SessionMeta, Store, StoreOptions,
+//!     WriteBatch,
 //! };
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -71,31 +72,28 @@
 //! let config = GroupCommitConfig::new(Durability::Group, Duration::from_millis(2));
 //! let (committer, _task) = GroupCommitter::spawn(Arc::clone(&store), config);
 //!
-//! // (b) A persistent session goes offline: write it whole, with when it left.
+//! // (b) A persistent session connects (offline_since: None), changes its subscriptions,
+//! // or goes offline (with when it left and its pending will): its meta, not its messages.
 //! let now = Now::from_clocks();
-//! let state = SessionState::new();
 //! let mut batch = WriteBatch::new(now);
-//! batch.put_session("sensor-7", &SessionRecord {
+//! batch.put_meta("sensor-7", &SessionMeta {
 //!     expiry_interval: 3600,
 //!     offline_since: Some(now.instant),
 //!     subscriptions: Vec::new(),
 //!     will: None,
-//!     state: state.snapshot(),
 //! })?;
 //! committer.submit(batch).await?;
-//! // Coming back online: the same with `offline_since: None` (so a crash while it is
-//! // connected does not count its expiry from the old disconnect); a clean start, or a
-//! // session that ended: `batch.delete_session("sensor-7")`.
+//! // A clean start, or a session that ended: `batch.delete_session("sensor-7")`.
 //!
-//! // (a) An inbound QoS 1/2 PUBLISH: for each offline persistent subscriber the message
-//! // was queued for, append it (a queue that dropped its oldest: pop_queued first);
-//! // a retained PUBLISH also sets or clears the retained message. Submit, and only
-//! // when the submit resolves send the PUBACK (QoS 1) or PUBREC (QoS 2).
+//! // (a) An inbound QoS 1/2 PUBLISH: every copy for a persistent session, under the row
+//! // id the broker gave it, the retained change (set, or cleared by an empty payload) and
+//! // a persistent publisher's QoS 2 packet id, in one batch; the PUBACK (QoS 1) or PUBREC
+//! // (QoS 2) leaves when it is committed.
 //! let topic = TopicName::new("plant/line-4/temperature")?;
 //! let delivery = Delivery {
 //!     topic: topic.clone(),
 //!     payload: Bytes::from_static(b"21.5"),
-//!     qos: QoS::AtLeastOnce,
+//!     qos: QoS::ExactlyOnce,
 //!     retain: false,
 //!     properties: Arc::new(Properties::default()),
 //!     subscription_ids: Vec::new(),
@@ -106,7 +104,6 @@
 //! let now = Now::from_clocks();
 //! let mut batch = WriteBatch::new(now);
 //! batch.append_queued("sensor-7", &delivery)?;
-//! // (c) Retained set (a retained PUBLISH) or clear (empty payload).
 //! batch.put_retained(&RetainedMessage::new(
 //!     topic.clone(),
 //!     Bytes::from_static(b"21.5"),
@@ -114,7 +111,23 @@
 //!     Properties::default(),
 //!     now.instant,
 //! ))?;
-//! committer.submit(batch).await?; // durable: release the PUBACK now
+//! batch.put_inbound("publisher-1", PacketId::MIN);
+//! committer.enqueue(batch).await?; // durable: release the PUBREC now
+//!
+//! // (c) The copy's flow, step by step: its QoS 2 PUBLISH leaves once its packet id is
+//! // recorded, its PUBREL once the PUBREC is; when it ends, the row goes without an fsync
+//! // of its own. The publisher's PUBCOMP leaves once its id is forgotten.
+//! let id = PacketId::new(7).ok_or("packet id")?;
+//! let mut batch = WriteBatch::new(Now::from_clocks());
+//! batch.mark_inflight("sensor-7", 0, id, false);
+//! committer.enqueue(batch).await?;
+//! let mut batch = WriteBatch::new(Now::from_clocks());
+//! batch.mark_inflight("sensor-7", 0, id, true);
+//! batch.delete_inbound("publisher-1", PacketId::MIN);
+//! committer.enqueue(batch).await?;
+//! let mut batch = WriteBatch::new(Now::from_clocks());
+//! batch.delete_row("sensor-7", 0);
+//! committer.enqueue_lazy(batch).await?;
 //!
 //! let mut batch = WriteBatch::new(Now::from_clocks());
 //! batch.delete_retained(&topic);
