@@ -150,7 +150,24 @@ impl EventSink for ClientHandler {
                     self.broker.stamp_row(key, delivery, &mut batch);
                 }
                 let commit = self.broker.write_meta(key, None, None, batch);
-                self.after_commit(commit, Command::SubAck(suback, retained));
+                // Retained messages go at once, ahead of anything routed to the new
+                // subscription from here on, so no client takes an older retained value
+                // for news. Without a commit to wait for, the SUBACK goes first; with one,
+                // it follows them once the subscription is stored [MQTT-3.8.4-4].
+                match commit {
+                    None => {
+                        conn.send_suback(now, suback);
+                        for delivery in retained {
+                            conn.deliver(now, delivery);
+                        }
+                    }
+                    Some(commit) => {
+                        for delivery in retained {
+                            conn.deliver(now, delivery);
+                        }
+                        self.after_commit(Some(commit), Command::SubAck(suback));
+                    }
+                }
             }
             Event::Unsubscribe(unsubscribe) => {
                 let Some(key) = &self.key else { return };

@@ -34,8 +34,7 @@ pub enum Command {
     AcceptPublish(InboundAck, ReasonCode),
     /// Ends the connection (takeover 0x8E, shutdown 0x8B, ...). v5 clients are told why.
     Disconnect(ReasonCode),
-    /// SUBACK, then the retained messages the subscription asked for.
-    SubAck(SubAck, Vec<Delivery>),
+    SubAck(SubAck),
     UnsubAck(UnsubAck),
     /// The store holds the step the flow of (packet id, row) waited for.
     FlowRecorded(PacketId, u64),
@@ -210,12 +209,7 @@ pub(crate) fn apply(now: Instant, conn: &mut Connection, command: Option<Command
         }
         Command::AcceptPublish(ack, reason) => conn.accept_publish(now, ack, reason),
         Command::Disconnect(reason) => conn.disconnect(now, reason),
-        Command::SubAck(suback, retained) => {
-            conn.send_suback(now, suback);
-            for delivery in retained {
-                conn.deliver(now, delivery);
-            }
-        }
+        Command::SubAck(suback) => conn.send_suback(now, suback),
         Command::UnsubAck(unsuback) => conn.send_unsuback(now, unsuback),
         Command::FlowRecorded(packet_id, row) => conn.flow_recorded(now, packet_id, row),
         Command::ReleaseRecorded(packet_id) => conn.release_recorded(now, packet_id),
