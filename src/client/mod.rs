@@ -77,7 +77,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use error::{CertificateProblem, ClientError};
 pub use options::{ClientOptions, Reconnect, StreamMode, Transport};
 
-use crate::protocol::{Properties, QoS, ReasonCode, SubscriptionOptions, TopicFilter, TopicName};
+use crate::protocol::{Properties, QoS, SubscriptionOptions, TopicFilter, TopicName};
 use dial::Dialer;
 use driver::{Command, Driver};
 use session::OutMessage;
@@ -172,6 +172,14 @@ impl Incoming {
             }
         }
     }
+}
+
+/// `filter` as a topic filter, or the client's error naming it.
+fn parse_filter(filter: &str) -> Result<TopicFilter, ClientError> {
+    TopicFilter::new(filter).map_err(|source| ClientError::InvalidTopic {
+        topic: filter.to_string(),
+        source,
+    })
 }
 
 /// State the driver shares with the handles.
@@ -287,11 +295,7 @@ impl Client {
         filter: &str,
         options: SubscriptionOptions,
     ) -> Result<QoS, ClientError> {
-        let topic_filter =
-            TopicFilter::new(filter).map_err(|source| ClientError::InvalidTopic {
-                topic: filter.to_string(),
-                source,
-            })?;
+        let topic_filter = parse_filter(filter)?;
         let (done, result) = oneshot::channel();
         self.send(Command::Subscribe {
             filters: vec![(topic_filter, options)],
@@ -300,25 +304,21 @@ impl Client {
         })
         .await?;
         let reasons = result.await.map_err(|_| ClientError::Closed)??;
-        match reasons.first() {
-            Some(ReasonCode::Success) => Ok(QoS::AtMostOnce),
-            Some(ReasonCode::GrantedQoS1) => Ok(QoS::AtLeastOnce),
-            Some(ReasonCode::GrantedQoS2) => Ok(QoS::ExactlyOnce),
-            Some(reason) => Err(ClientError::SubscribeRefused {
+        let reason = reasons
+            .first()
+            .copied()
+            .ok_or_else(|| ClientError::Protocol("SUBACK without a reason code".into()))?;
+        reason
+            .granted_qos()
+            .ok_or_else(|| ClientError::SubscribeRefused {
                 filter: filter.to_string(),
-                reason: *reason,
-            }),
-            None => Err(ClientError::Protocol("SUBACK without a reason code".into())),
-        }
+                reason,
+            })
     }
 
     /// Unsubscribes (on the stream the filter was subscribed on).
     pub async fn unsubscribe(&self, filter: &str) -> Result<(), ClientError> {
-        let topic_filter =
-            TopicFilter::new(filter).map_err(|source| ClientError::InvalidTopic {
-                topic: filter.to_string(),
-                source,
-            })?;
+        let topic_filter = parse_filter(filter)?;
         let (done, result) = oneshot::channel();
         self.send(Command::Unsubscribe {
             filters: vec![topic_filter],

@@ -467,6 +467,17 @@ impl ReasonCode {
             QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
         }
     }
+
+    /// The QoS a SUBACK reason grants (the inverse of [`ReasonCode::granted`]); `None` for
+    /// a refusal.
+    pub fn granted_qos(self) -> Option<QoS> {
+        match self {
+            ReasonCode::Success => Some(QoS::AtMostOnce),
+            ReasonCode::GrantedQoS1 => Some(QoS::AtLeastOnce),
+            ReasonCode::GrantedQoS2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for ReasonCode {
@@ -478,6 +489,14 @@ impl fmt::Display for ReasonCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_granted_qos_reads_back_from_its_reason_code() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            assert_eq!(ReasonCode::granted(qos).granted_qos(), Some(qos));
+        }
+        assert_eq!(ReasonCode::NotAuthorized.granted_qos(), None);
+    }
 
     #[test]
     fn packet_id_wraps_past_zero() {
