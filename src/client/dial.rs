@@ -343,17 +343,22 @@ impl Dialer {
         }
     }
 
-    fn tls_error(&self, addr: SocketAddr, tls: &TlsSetup, err: std::io::Error) -> ClientError {
-        if let Some(problem) = tls
-            .rejections
+    /// The broker's certificate, as our verifier rejected it during the handshake (the
+    /// TLS or QUIC error itself only says the handshake failed).
+    fn rejected_certificate(&self, log: &VerifyLog) -> Option<ClientError> {
+        let problem = log
             .take()
             .as_ref()
-            .and_then(CertificateProblem::from_rustls)
-        {
-            return ClientError::Certificate {
-                server: self.server_name.clone(),
-                problem,
-            };
+            .and_then(CertificateProblem::from_rustls)?;
+        Some(ClientError::Certificate {
+            server: self.server_name.clone(),
+            problem,
+        })
+    }
+
+    fn tls_error(&self, addr: SocketAddr, tls: &TlsSetup, err: std::io::Error) -> ClientError {
+        if let Some(rejected) = self.rejected_certificate(&tls.rejections) {
+            return rejected;
         }
         let Some(rustls_err) = err
             .get_ref()
@@ -397,15 +402,8 @@ impl Dialer {
     ) -> ClientError {
         let alpn_alert =
             quinn::TransportErrorCode::crypto(u8::from(AlertDescription::NoApplicationProtocol));
-        if let Some(problem) = log
-            .take()
-            .as_ref()
-            .and_then(CertificateProblem::from_rustls)
-        {
-            return ClientError::Certificate {
-                server: self.server_name.clone(),
-                problem,
-            };
+        if let Some(rejected) = self.rejected_certificate(log) {
+            return rejected;
         }
         match err {
             quinn::ConnectionError::ConnectionClosed(close) if close.error_code == alpn_alert => {
