@@ -78,16 +78,22 @@ fn server_listener(link: &ImpairedLink) -> TcpListener {
 }
 
 fn client_connect(link: &ImpairedLink, to: SocketAddr) -> TcpStream {
+    client_connect_within(link, to, Duration::from_secs(8), Duration::from_secs(10))
+}
+
+/// Connects from the client namespace within `connect`; reads and writes fail after `io`.
+fn client_connect_within(
+    link: &ImpairedLink,
+    to: SocketAddr,
+    connect: Duration,
+    io: Duration,
+) -> TcpStream {
     let stream = link
-        .in_client_ns(|| TcpStream::connect_timeout(&to, Duration::from_secs(8)))
+        .in_client_ns(|| TcpStream::connect_timeout(&to, connect))
         .expect("enter client namespace")
         .expect("connect through the link");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream
-        .set_write_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    stream.set_read_timeout(Some(io)).expect("timeout");
+    stream.set_write_timeout(Some(io)).expect("timeout");
     stream
 }
 
@@ -219,16 +225,13 @@ fn tcp_completes_a_transfer_through_20_percent_loss() {
         Ok((count, sum))
     });
     let started = Instant::now();
-    let mut client = link
-        .in_client_ns(|| TcpStream::connect_timeout(&addr, Duration::from_secs(15)))
-        .expect("enter client namespace")
-        .expect("connect through 20 % loss");
-    client
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    client
-        .set_write_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
+    // Through 20 % loss: longer bounds.
+    let mut client = client_connect_within(
+        &link,
+        addr,
+        Duration::from_secs(15),
+        Duration::from_secs(15),
+    );
     let data: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 256) as u8).collect();
     client.write_all(&data).expect("send 200 KiB");
     client
