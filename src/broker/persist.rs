@@ -35,7 +35,7 @@ use super::core::{Broker, Stats};
 use super::session::SessionKey;
 use crate::protocol::{Delivery, FlowStep, InboundAck, PacketId, QueuePolicy, ReasonCode};
 use crate::store::{
-    Commit, Now, PendingWill, RecordError, Recovered, SessionMeta, StoredSubscription, WriteBatch,
+    Commit, Now, PendingWill, Recovered, SessionMeta, StoredSubscription, WriteBatch,
 };
 use crate::transport::Command;
 
@@ -297,7 +297,7 @@ impl Broker {
         };
         let mut with_meta = WriteBatch::new(Now::from_clocks());
         if let Err(err) = with_meta.put_meta(entry.client_id().as_str(), &meta) {
-            report_unstorable(key, &err);
+            tracing::error!(client_id = ?key, error = %err, "session not stored");
             return None;
         }
         with_meta.append(batch);
@@ -359,8 +359,4 @@ impl Broker {
 /// About what a message's row takes in the store (its key, topic, payload and framing).
 fn stored_size(client_id: &str, message: &Delivery) -> u64 {
     (client_id.len() + 8 + message.topic.len() + message.payload.len() + 32) as u64
-}
-
-fn report_unstorable(key: &SessionKey, err: &RecordError) {
-    tracing::error!(client_id = ?key, error = %err, "session not stored");
 }
