@@ -112,15 +112,8 @@ impl Outbound {
         let properties = Arc::new(Properties::default());
         let deliveries = (0..messages)
             .map(|_| Delivery {
-                topic: topic.clone(),
-                payload: payload.clone(),
-                qos: QoS::AtLeastOnce,
-                retain: false,
                 properties: Arc::clone(&properties),
-                subscription_ids: Vec::new(),
-                shared: None,
-                expires_at: None,
-                row: None,
+                ..Delivery::new(topic.clone(), payload.clone(), QoS::AtLeastOnce)
             })
             .collect();
         Outbound {

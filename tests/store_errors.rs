@@ -7,11 +7,9 @@ mod common;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
-use twinmq::protocol::{Delivery, Properties, QoS, SessionSnapshot, TopicName};
+use twinmq::protocol::{Delivery, QoS, SessionSnapshot, TopicName};
 use twinmq::store::{
     Durability, Now, SessionRecord, Store, StoreError, StoreOptions, WriteBatch, FILE_NAME,
     NEVER_EXPIRES, SCHEMA_VERSION,
@@ -36,17 +34,11 @@ fn now() -> Now {
 fn fill(dir: &TempDir, sessions: usize, per_session: usize) {
     let store = open(dir).expect("opens");
     let now = now();
-    let message = Delivery {
-        topic: TopicName::new("fill/topic").expect("topic"),
-        payload: Bytes::from(vec![0x42; 1024]),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Arc::new(Properties::default()),
-        subscription_ids: Vec::new(),
-        shared: None,
-        expires_at: None,
-        row: None,
-    };
+    let message = Delivery::new(
+        TopicName::new("fill/topic").expect("topic"),
+        vec![0x42; 1024],
+        QoS::AtLeastOnce,
+    );
     for s in 0..sessions {
         let record = SessionRecord {
             expiry_interval: NEVER_EXPIRES,

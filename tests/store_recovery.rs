@@ -5,7 +5,6 @@
 mod common;
 
 use common::TempDir;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -24,15 +23,8 @@ fn topic(s: &str) -> TopicName {
 
 fn message(t: &str, expires_at: Option<Instant>) -> Delivery {
     Delivery {
-        topic: topic(t),
-        payload: Bytes::from_static(b"m"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Arc::new(Properties::default()),
-        subscription_ids: Vec::new(),
-        shared: None,
         expires_at,
-        row: None,
+        ..Delivery::new(topic(t), &b"m"[..], QoS::AtLeastOnce)
     }
 }
 

@@ -22,10 +22,9 @@
 
 #![no_main]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 
 use twinmq::protocol::codec::Decoder;
@@ -262,17 +261,11 @@ impl Driver {
 }
 
 fn delivery(qos: QoS) -> Delivery {
-    Delivery {
-        topic: TopicName::new("fuzz/out").expect("valid topic"),
-        payload: Bytes::from_static(b"payload"),
+    Delivery::new(
+        TopicName::new("fuzz/out").expect("valid topic"),
+        &b"payload"[..],
         qos,
-        retain: false,
-        properties: Arc::new(Properties::default()),
-        subscription_ids: Vec::new(),
-        shared: None,
-        expires_at: None,
-        row: None,
-    }
+    )
 }
 
 /// What the broker writes must be readable by a client of the connection's version.

@@ -550,15 +550,13 @@ impl Broker {
             self.set_retained(&message.topic, retained_message(&message, None));
             for route in self.index.matches(&message.topic, None) {
                 route.client.entry().deliver(Delivery {
-                    topic: message.topic.clone(),
-                    payload: message.payload.clone(),
-                    qos: QoS::AtMostOnce,
                     retain: route.retain_as_published,
-                    properties: Arc::default(),
                     subscription_ids: route.subscription_ids,
-                    shared: None,
-                    expires_at: None,
-                    row: None,
+                    ..Delivery::new(
+                        message.topic.clone(),
+                        message.payload.clone(),
+                        QoS::AtMostOnce,
+                    )
                 });
             }
         }

@@ -61,6 +61,22 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A message on `topic` at `qos`, with nothing else: not retained, no properties,
+    /// subscription identifiers, shared subscription, expiry or store row.
+    pub fn new(topic: TopicName, payload: impl Into<Bytes>, qos: QoS) -> Delivery {
+        Delivery {
+            topic,
+            payload: payload.into(),
+            qos,
+            retain: false,
+            properties: Arc::default(),
+            subscription_ids: Vec::new(),
+            shared: None,
+            expires_at: None,
+            row: None,
+        }
+    }
+
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
     }
@@ -511,17 +527,7 @@ mod tests {
     use super::*;
 
     fn delivery(topic: &str, qos: QoS) -> Delivery {
-        Delivery {
-            topic: TopicName::new(topic).expect("topic"),
-            payload: Bytes::from_static(b"p"),
-            qos,
-            retain: false,
-            properties: Arc::default(),
-            subscription_ids: Vec::new(),
-            shared: None,
-            expires_at: None,
-            row: None,
-        }
+        Delivery::new(TopicName::new(topic).expect("topic"), &b"p"[..], qos)
     }
 
     #[test]

@@ -138,17 +138,11 @@ fn connect_bytes() -> Bytes {
 
 fn session_with_one_qos1() -> SessionState {
     let mut session = SessionState::new();
-    let delivery = Delivery {
-        topic: TopicName::new("t").expect("valid"),
-        payload: Bytes::from_static(b"kept"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Default::default(),
-        subscription_ids: Vec::new(),
-        shared: None,
-        expires_at: None,
-        row: None,
-    };
+    let delivery = Delivery::new(
+        TopicName::new("t").expect("valid"),
+        &b"kept"[..],
+        QoS::AtLeastOnce,
+    );
     session
         .enqueue(delivery, crate::protocol::QueueLimit::drop_new(10))
         .expect("room");

@@ -257,20 +257,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 ledger.next += 1;
                 let name = format!("m/{}", ledger.next);
                 let qos = qos_of(qos);
+                let payload = if big { &BIG[..] } else { &b"p"[..] };
                 let delivery = Delivery {
-                    topic: super::tests::topic(&name),
-                    payload: if big {
-                        Bytes::from_static(&BIG)
-                    } else {
-                        Bytes::from_static(b"p")
-                    },
-                    qos,
-                    retain: false,
-                    properties: Default::default(),
-                    subscription_ids: Vec::new(),
-                    shared: None,
-                    expires_at: None,
                     row: stored.then_some(u64::from(ledger.next)),
+                    ..Delivery::new(super::tests::topic(&name), payload, qos)
                 };
                 if stored {
                     ledger.row_of.insert(name.clone(), u64::from(ledger.next));

@@ -54,17 +54,7 @@ pub(crate) fn connect_packet(version: ProtocolVersion, client_id: &str) -> Conne
 }
 
 pub(crate) fn delivery(t: &str, qos: QoS, payload: &'static [u8]) -> Delivery {
-    Delivery {
-        topic: topic(t),
-        payload: Bytes::from_static(payload),
-        qos,
-        retain: false,
-        properties: Default::default(),
-        subscription_ids: Vec::new(),
-        shared: None,
-        expires_at: None,
-        row: None,
-    }
+    Delivery::new(topic(t), payload, qos)
 }
 
 pub(crate) fn publish(t: &str, qos_pid: QosPid, payload: &'static [u8]) -> Publish {
