@@ -698,7 +698,7 @@ async fn a_receive_maximum_from_the_client_limits_messages_in_flight() {
 #[tokio::test]
 async fn a_silent_tls_client_is_dropped_after_the_handshake_timeout_and_others_still_connect() {
     use tokio::io::AsyncReadExt;
-    let broker = TestBroker::start_with("hstimeout", &["limits.handshake_timeout=1s"]).await;
+    let broker = TestBroker::start_with("hstimeout", &["limits.handshake_timeout=3s"]).await;
     let mut silent = tokio::net::TcpStream::connect(broker.tls)
         .await
         .expect("tcp connect");

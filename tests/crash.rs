@@ -34,7 +34,7 @@ struct Broker {
 impl Broker {
     /// Starts `twinmq serve` on ephemeral ports and reads its addresses from stdout.
     fn start(data_dir: &Path) -> Broker {
-        Broker::start_on(data_dir, [0, 0, 0])
+        Broker::start_on(data_dir, [0, 0, 0]).expect("twinmq serve prints its addresses")
     }
 
     /// SIGKILL, then a new broker on the same data directory and the same ports (so
@@ -42,10 +42,24 @@ impl Broker {
     fn restart(self, data_dir: &Path) -> Broker {
         let ports = [self.tcp.port(), self.tls.port(), self.quic.port()];
         self.kill();
-        Broker::start_on(data_dir, ports)
+        // While no broker holds them, the ports are free ephemeral ports: a client's
+        // socket (a QUIC reconnect binds a UDP port every few hundred ms) may take one
+        // for a while. Retry, bounded, until it lets go.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(broker) = Broker::start_on(data_dir, ports) {
+                return broker;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the restarted broker could not bind {ports:?} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
-    fn start_on(data_dir: &Path, [tcp, tls, quic]: [u16; 3]) -> Broker {
+    /// `None` if the broker exits before printing its addresses (a port is taken).
+    fn start_on(data_dir: &Path, [tcp, tls, quic]: [u16; 3]) -> Option<Broker> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_twinmq"))
             .arg("serve")
             .args(["--set", &format!("data_dir={}", data_dir.display())])
@@ -63,7 +77,7 @@ impl Broker {
         let mut quic = None;
         let mut ca = None;
         for line in BufReader::new(stdout).lines() {
-            let line = line.expect("stdout line");
+            let Ok(line) = line else { break };
             if let Some(addr) = line.strip_prefix("twinmq: MQTT over TCP on ") {
                 tcp = addr.parse().ok();
             } else if let Some(addr) = line.strip_prefix("twinmq: MQTT over TLS on ") {
@@ -77,12 +91,20 @@ impl Broker {
                 break;
             }
         }
-        Broker {
-            child,
-            tcp: tcp.expect("TCP address printed"),
-            tls: tls.expect("TLS address printed"),
-            quic: quic.expect("QUIC address printed"),
-            ca: ca.expect("CA printed"),
+        match (tcp, tls, quic, ca) {
+            (Some(tcp), Some(tls), Some(quic), Some(ca)) => Some(Broker {
+                child,
+                tcp,
+                tls,
+                quic,
+                ca,
+            }),
+            _ => {
+                // Reaped, so a failed attempt leaves no zombie behind.
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
         }
     }
 
@@ -99,7 +121,9 @@ impl Broker {
             .reconnect(None)
             .connect_timeout(Duration::from_secs(10))
             // A killed broker sends nothing over QUIC: keep-alive is how a client notices.
-            .keep_alive(Duration::from_secs(1))
+            // 2 s leaves the live broker (which allows 1.5x) a full second of slack for a
+            // test process stalled on a loaded machine.
+            .keep_alive(Duration::from_secs(2))
     }
 
     /// SIGKILL, as a crash.

@@ -6,10 +6,9 @@
 mod common;
 
 use bytes::Bytes;
-use std::time::Duration;
 
 use common::quic::{self, QuicStream as Stream};
-use common::{connect, pid, publish_packet, subscribe_packet, RawClient, TestBroker};
+use common::{connect, pid, publish_packet, subscribe_packet, RawClient, TestBroker, WAIT};
 use twinmq::protocol::{Ack, Packet, ProtocolVersion, QoS, QosPid, ReasonCode};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -208,7 +207,7 @@ async fn a_stalled_stream_never_delays_the_control_stream_or_other_data_streams(
         Bytes::from_static(b"tiny"),
     )
     .await;
-    match tokio::time::timeout(Duration::from_secs(5), fast.expect()).await {
+    match tokio::time::timeout(WAIT, fast.expect()).await {
         Ok(Packet::Publish(p)) => assert_eq!(p.payload.as_ref(), b"tiny"),
         other => panic!("the small topic was held up: {other:?}"),
     }

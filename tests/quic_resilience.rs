@@ -197,12 +197,12 @@ async fn a_vanished_client_is_detected_by_keep_alive_and_its_will_published() {
     });
     s.send(&connect_packet(c)).await;
     expect_connack(s.recv().await);
-    // The last packet the broker will hear from this client.
+    // The last packet the broker will hear from this client; timed before it is sent, so
+    // the lower bound below holds however late this task runs.
+    let gone = Instant::now();
     s.send(&Packet::PingReq).await;
     assert!(matches!(s.recv().await, Some(Packet::PingResp)));
-
     path.cut();
-    let gone = Instant::now();
     drop(s);
     drop(connection);
     drop(endpoint);
@@ -216,11 +216,11 @@ async fn a_vanished_client_is_detected_by_keep_alive_and_its_will_published() {
     assert_eq!(will.payload.as_ref(), b"gone");
     eprintln!("vanished client's will published after {detected:?}");
     assert!(
-        detected >= Duration::from_secs(1),
+        detected >= Duration::from_millis(1500),
         "not before the keep-alive: {detected:?}"
     );
     assert!(
-        detected < Duration::from_secs(5),
+        detected < Duration::from_secs(10),
         "keep-alive (1.5 s), not the QUIC idle timeout, must detect it: {detected:?}"
     );
 }

@@ -18,7 +18,7 @@ use twinmq::protocol::{Connect, MqttString, Packet, Properties, ProtocolVersion}
 use twinmq::server::Server;
 
 /// Bounds every wait in the tests: a broken broker fails a test, never hangs it.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub const WAIT: Duration = Duration::from_secs(20);
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 

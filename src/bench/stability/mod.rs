@@ -242,7 +242,8 @@ impl Shape {
             hol_rate: 500_000,
             hol_large: 32 * 1024,
             hol_burst: 8,
-            drain: Duration::from_secs(8),
+            // An upper bound only (runs end when every message is in): generous for loaded CI.
+            drain: Duration::from_secs(20),
             stall_threshold: Duration::from_millis(500),
             ..Shape::full()
         }
