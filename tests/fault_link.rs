@@ -15,7 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use twinmq::fault::link::{
-    cleanup_stale, Directions, ImpairedLink, LinkError, LinkPlan, Window, CLIENT_ADDR, SERVER_ADDR,
+    cleanup_stale, Directions, ImpairedLink, LinkError, LinkPlan, LinkStats, Window, CLIENT_ADDR,
+    SERVER_ADDR,
 };
 
 const PREFIX: &str = "tmqt";
@@ -134,13 +135,38 @@ fn udp_pair(link: &ImpairedLink) -> (UdpSocket, UdpSocket) {
     (server, client)
 }
 
-/// Waits (bounded) until the relay has applied `n` rebindings.
-fn wait_for_rebinds(link: &ImpairedLink, n: u64) {
+/// Waits (bounded) until the relay's counters satisfy `done`: it counts a packet just
+/// after handling it, on its own thread.
+fn wait_for_stats(link: &ImpairedLink, what: &str, done: impl Fn(&LinkStats) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while link.stats().rebinds < n {
-        assert!(Instant::now() < deadline, "rebinding {n} never applied");
+    while !done(&link.stats()) {
+        assert!(Instant::now() < deadline, "{what}: {:?}", link.stats());
         thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Waits (bounded) until the relay has applied `n` rebindings.
+fn wait_for_rebinds(link: &ImpairedLink, n: u64) {
+    wait_for_stats(link, &format!("rebinding {n} never applied"), |s| {
+        s.rebinds >= n
+    });
+}
+
+/// The numbers (4-byte datagrams) that reach `server`, reading at most `max` datagrams
+/// and stopping at the first silence of the socket's read timeout.
+fn receive_numbered(server: &UdpSocket, max: usize) -> std::collections::BTreeSet<u32> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut buf = [0u8; 64];
+    for _ in 0..max {
+        match server.recv_from(&mut buf) {
+            Ok((4, _)) => {
+                seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    seen
 }
 
 #[test]
@@ -278,18 +304,7 @@ fn about_half_the_udp_datagrams_cross_50_percent_loss() {
             thread::sleep(Duration::from_millis(2));
         }
     }
-    let mut seen = std::collections::BTreeSet::new();
-    let mut buf = [0u8; 64];
-    for _ in 0..SENT {
-        match server.recv_from(&mut buf) {
-            Ok((4, _)) => {
-                seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-            }
-            Ok(_) => {}
-            Err(_) => break, // 2 s of silence: everything has arrived
-        }
-    }
-    let got = seen.len() as u64;
+    let got = receive_numbered(&server, SENT as usize).len() as u64;
     let stats = link.stats();
     assert!((140..=260).contains(&got), "{got} of {SENT}: {stats:?}");
     assert_eq!(got + stats.to_server.dropped, u64::from(SENT), "{stats:?}");
@@ -341,14 +356,9 @@ fn rebinding_changes_the_udp_source_port_the_server_sees() {
     let dropped_before = link.stats().to_client.dropped;
     server.send_to(b"stale", first).expect("send to old port");
     // Wait for the relay's verdict, then check nothing reached the client.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while link.stats().to_client.dropped == dropped_before {
-        assert!(
-            Instant::now() < deadline,
-            "the stale reply was never handled"
-        );
-        thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_stats(&link, "the stale reply was never handled", |s| {
+        s.to_client.dropped > dropped_before
+    });
     client.set_nonblocking(true).expect("nonblocking");
     assert!(client.recv_from(&mut buf).is_err(), "stale reply delivered");
     assert_eq!(link.stats().to_client.dropped, dropped_before + 1);
@@ -413,17 +423,7 @@ fn a_blackhole_window_drops_everything_inside_it() {
         sent.push((i, at));
         thread::sleep(Duration::from_millis(10));
     }
-    let mut got = std::collections::BTreeSet::new();
-    let mut buf = [0u8; 16];
-    for _ in 0..sent.len() {
-        match server.recv_from(&mut buf) {
-            Ok((4, _)) => {
-                got.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
+    let got = receive_numbered(&server, sent.len());
     let ms = |m| Duration::from_millis(m);
     let (mut inside, mut outside) = (0, 0);
     for (i, at) in &sent {
@@ -471,11 +471,9 @@ fn delay_and_duplication_reach_the_kernel() {
     assert_eq!(&buf[..n], b"twice");
     let (n, _) = server.recv_from(&mut buf).expect("second copy");
     assert_eq!(&buf[..n], b"twice");
-    // The relay counts a packet just after writing it: give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while link.stats().to_server.packets_forwarded < 2 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_stats(&link, "both copies counted", |s| {
+        s.to_server.packets_forwarded >= 2
+    });
     let stats = link.stats();
     assert_eq!(stats.to_server.duplicated, 1, "{stats:?}");
     assert_eq!(stats.to_server.delayed, 1, "{stats:?}");
