@@ -609,6 +609,96 @@ async fn a_full_store_refuses_v311_publishes_by_closing_without_an_ack() {
     );
 }
 
+/// A v3.1.1 QoS 2 publish the full store refused (by closing) was not routed, so its
+/// packet id is not taken: resent with DUP once there is room, it is routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v311_qos2_publish_refused_by_a_full_store_is_routed_when_resent() {
+    use common::{connect, pid, publish_packet, RawClient};
+    use twinmq::protocol::{Ack, Packet, ProtocolVersion, QosPid};
+    const LIMIT: u64 = 1 << 20;
+    let broker =
+        common::TestBroker::start_with("store-full-v3q2", &["storage.max_store_bytes=1MiB"]).await;
+    let hoarder = || {
+        broker
+            .tls_client("v3q2-hoarder")
+            .persistent_session(Duration::from_secs(600))
+    };
+    common::park_subscriber(hoarder(), "full4/#", QoS::AtLeastOnce).await;
+
+    let v3 = ProtocolVersion::V311;
+    let session = connect(v3, "v3q2-pusher", false, 30);
+    let mut publisher = RawClient::connect(broker.tcp, v3).await;
+    assert!(matches!(
+        publisher.handshake(session.clone()).await,
+        Packet::ConnAck(_)
+    ));
+    let message = |n: u16| {
+        let mut payload = format!("{n:02}:").into_bytes();
+        payload.resize(64 * 1024, b'.');
+        publish_packet("full4/x", QosPid::ExactlyOnce(pid(n)), payload, false)
+    };
+    let mut refused = None;
+    for n in 1..=40u16 {
+        publisher.send(&message(n)).await;
+        match publisher.recv().await {
+            Some(Packet::PubRec(a)) if a.packet_id == pid(n) => {
+                publisher.send(&Packet::PubRel(Ack::new(pid(n)))).await;
+                assert!(matches!(publisher.recv().await, Some(Packet::PubComp(_))));
+            }
+            None => {
+                refused = Some(n);
+                break;
+            }
+            other => panic!("expected PUBREC or a close, got {other:?}"),
+        }
+    }
+    let refused = refused.expect("the store filled up");
+
+    // The hoarder takes what it was queued; the finished rows leave the store.
+    let (sub, incoming) = Client::connect(hoarder()).await.expect("hoarder back");
+    let mut payloads = forward(incoming);
+    for n in 1..refused {
+        let payload = tokio::time::timeout(Duration::from_secs(10), payloads.recv())
+            .await
+            .expect("delivery in time")
+            .expect("message");
+        assert_eq!(&payload[..3], format!("{n:02}:").as_bytes());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while broker.server.broker.store_usage().expect("a store") > LIMIT / 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivered rows never left the store"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The client sends the refused message again, as MQTT 3.1.1 has it do.
+    let mut publisher = RawClient::connect(broker.tcp, v3).await;
+    assert!(matches!(
+        publisher.handshake(session).await,
+        Packet::ConnAck(c) if c.session_present
+    ));
+    let Packet::Publish(mut resend) = message(refused) else {
+        unreachable!("a publish")
+    };
+    resend.dup = true;
+    publisher.send(&Packet::Publish(resend)).await;
+    assert!(
+        matches!(publisher.recv().await, Some(Packet::PubRec(a)) if a.packet_id == pid(refused))
+    );
+    publisher
+        .send(&Packet::PubRel(Ack::new(pid(refused))))
+        .await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubComp(_))));
+    let payload = tokio::time::timeout(Duration::from_secs(10), payloads.recv())
+        .await
+        .expect("the resent message is routed")
+        .expect("message");
+    assert_eq!(&payload[..3], format!("{refused:02}:").as_bytes());
+    sub.disconnect().await.expect("disconnect");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_with_drop_oldest_keeps_the_newest_messages_and_counts_the_drops() {
     let broker = common::TestBroker::start_with(

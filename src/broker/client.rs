@@ -127,6 +127,9 @@ impl EventSink for ClientHandler {
                     .map(InboundAck::packet_id);
                 let routed = self.broker.route(self.key.as_ref(), &message, now, inbound);
                 if let Some(ack) = ack {
+                    if !routed.durable.is_refused() {
+                        conn.publish_routed(&ack);
+                    }
                     let reason =
                         if routed.matched == 0 && conn.version() == Some(ProtocolVersion::V5) {
                             ReasonCode::NoMatchingSubscribers

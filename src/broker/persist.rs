@@ -54,6 +54,11 @@ pub(crate) enum Pending {
 }
 
 impl Pending {
+    /// Refused already (not routed): the store is full.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Pending::Ready(Durable::Refused(_)))
+    }
+
     pub async fn outcome(self) -> Durable {
         match self {
             Pending::Ready(durable) => durable,

@@ -249,12 +249,14 @@ impl Connection {
                 });
             }
             QosPid::ExactlyOnce(id) => {
+                if self.inbound_qos2_pending.contains(&id) {
+                    // A resend of one the broker has not yet acknowledged: the ack to come
+                    // covers it.
+                    return;
+                }
                 if self.session.inbound_qos2.contains(&id) {
                     // Already taken: acknowledge again, never deliver twice [MQTT-4.3.3-9].
                     self.reply(&Packet::PubRec(Ack::new(id)));
-                    return;
-                }
-                if self.inbound_qos2_pending.contains(&id) {
                     return;
                 }
                 if !self.inbound_quota_left(now) {
@@ -398,7 +400,10 @@ impl Connection {
             }
             QoS::ExactlyOnce => {
                 if self.inbound_qos2_pending.remove(&id) {
-                    if !reason.is_error() {
+                    if reason.is_error() {
+                        // A refusing PUBREC ends the flow: the client may reuse the id.
+                        self.session.inbound_qos2.remove(&id);
+                    } else {
                         self.session.inbound_qos2.insert(id);
                     }
                     self.enqueue_packet_on(lane, &Packet::PubRec(Ack::with_reason(id, reason)));

@@ -579,6 +579,20 @@ impl Connection {
         self.on_publish_accepted(now, ack, reason);
     }
 
+    /// The broker routed the publish behind `ack` (its ack may still wait for the store).
+    /// A QoS 2 id is taken from here on: should the connection end before the PUBREC goes
+    /// out, a DUP resend on the next connection is acknowledged, not routed again
+    /// [MQTT-4.3.3-9]. An id the broker refused instead is free again when the connection
+    /// ends, so the client's resend is routed.
+    pub fn publish_routed(&mut self, ack: &InboundAck) {
+        if ack.connection == self.id
+            && ack.qos == QoS::ExactlyOnce
+            && self.inbound_qos2_pending.contains(&ack.packet_id)
+        {
+            self.session.inbound_qos2.insert(ack.packet_id);
+        }
+    }
+
     /// Makes each PUBREL of the client wait for the broker ([`Event::Released`], then
     /// [`Connection::release_recorded`]) before the PUBCOMP: for a session whose inbound
     /// QoS 2 packet ids are stored, so a stored id is never left behind once the client
@@ -766,10 +780,8 @@ impl Connection {
                 self.on_unsent_frame(&frame);
             }
         }
-        // Inbound QoS 2 publishes the broker has taken stay taken: a resend with DUP must
-        // not be routed again [MQTT-4.3.3-9], whether or not their PUBREC went out.
-        let pending = std::mem::take(&mut self.inbound_qos2_pending);
-        self.session.inbound_qos2.extend(pending);
+        // Inbound QoS 2 ids still awaiting their ack are not carried over: those the broker
+        // routed are in the session already (`publish_routed`); the others were refused.
         self.session.requeue_all();
         let reason = self
             .close_reason

@@ -1542,7 +1542,25 @@ fn with_recorded_releases_pubcomp_waits_for_the_store_and_the_id_stays_taken() {
 }
 
 #[test]
-fn an_inbound_qos2_id_taken_but_not_yet_acknowledged_stays_taken_after_a_close() {
+fn an_inbound_qos2_id_routed_but_not_yet_acknowledged_stays_taken_after_a_close() {
+    let mut h = Harness::v5();
+    h.send(&Packet::Publish(publish(
+        "a",
+        QosPid::ExactlyOnce(pid(8)),
+        b"x",
+    )));
+    let (_, ack) = h.take_publishes().pop().expect("one publish");
+    h.conn.publish_routed(&ack.expect("ack"));
+    h.conn
+        .handle_transport_closed(h.now, TransportFault::PeerClosed);
+    let (session, _) = h.conn.into_session();
+    assert_eq!(session.awaiting_pubrel().collect::<Vec<_>>(), vec![pid(8)]);
+}
+
+#[test]
+fn an_inbound_qos2_id_not_routed_is_free_after_a_close() {
+    // Refused by the broker (store full), its refusal still queued behind other acks when
+    // the connection ends: the client's resend must be routed, not answered as a copy.
     let mut h = Harness::v5();
     h.send(&Packet::Publish(publish(
         "a",
@@ -1553,7 +1571,30 @@ fn an_inbound_qos2_id_taken_but_not_yet_acknowledged_stays_taken_after_a_close()
     h.conn
         .handle_transport_closed(h.now, TransportFault::PeerClosed);
     let (session, _) = h.conn.into_session();
-    assert_eq!(session.awaiting_pubrel().collect::<Vec<_>>(), vec![pid(8)]);
+    assert_eq!(session.awaiting_pubrel().count(), 0);
+}
+
+#[test]
+fn a_refusing_pubrec_frees_the_id_even_if_it_was_routed() {
+    let mut h = Harness::v5();
+    h.send(&Packet::Publish(publish(
+        "a",
+        QosPid::ExactlyOnce(pid(9)),
+        b"x",
+    )));
+    let ack = h
+        .take_publishes()
+        .pop()
+        .expect("one publish")
+        .1
+        .expect("ack");
+    h.conn.publish_routed(&ack);
+    h.conn
+        .accept_publish(h.now, ack, ReasonCode::ImplementationSpecificError);
+    h.flush();
+    assert!(matches!(h.take_received().last(),
+        Some(Packet::PubRec(a)) if a.reason == ReasonCode::ImplementationSpecificError));
+    assert_eq!(h.conn.session().awaiting_pubrel().count(), 0);
 }
 
 #[test]
