@@ -385,6 +385,14 @@ fn put_session_replaces_and_deletes_remove_everything() {
 
     let mut batch = WriteBatch::new(now);
     batch.delete_session("c1");
+    batch.delete_row("c1", 0);
+    batch.delete_inbound("c1", id(1));
+    batch.delete_retained(&topic("gone"));
+    assert_eq!(
+        batch.encoded_bytes(),
+        0,
+        "deletions add nothing: a full store still takes them"
+    );
     store.commit(batch, Durability::Sync).expect("commits");
     assert_eq!(store.usage().expect("usage").live_bytes, 0, "nothing left");
 }

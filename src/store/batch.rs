@@ -171,7 +171,6 @@ impl WriteBatch {
     /// Removes the session and all its messages (clean start, expiry, or a session that is
     /// no longer persistent).
     pub fn delete_session(&mut self, client_id: &str) {
-        self.bytes += client_id.len();
         self.ops.push(Op::DeleteSession {
             client_id: client_id.to_string(),
         });
@@ -228,7 +227,6 @@ impl WriteBatch {
 
     /// Removes the message in row `id`: its flow finished, or it was dropped.
     pub fn delete_row(&mut self, client_id: &str, id: u64) {
-        self.bytes += client_id.len();
         self.ops.push(Op::DeleteRow {
             client_id: client_id.to_string(),
             id,
@@ -247,7 +245,6 @@ impl WriteBatch {
 
     /// Forgets an inbound QoS 2 packet id: the client released it (PUBREL).
     pub fn delete_inbound(&mut self, client_id: &str, packet_id: PacketId) {
-        self.bytes += client_id.len();
         self.ops.push(Op::DeleteInbound {
             client_id: client_id.to_string(),
             packet_id: packet_id.get(),
@@ -279,7 +276,6 @@ impl WriteBatch {
     /// Removes the retained message of `topic` (a retained PUBLISH with an empty payload
     /// [MQTT-3.3.1-6]).
     pub fn delete_retained(&mut self, topic: &TopicName) {
-        self.bytes += topic.len();
         self.ops.push(Op::DeleteRetained {
             topic: topic.as_str().to_string(),
         });
@@ -302,7 +298,8 @@ impl WriteBatch {
 
     /// Encoded size of the keys and values the batch writes: what it adds to
     /// [`StoreUsage::live_bytes`](super::StoreUsage::live_bytes) at most, for a
-    /// `max_store_bytes` check before submitting.
+    /// `max_store_bytes` check before submitting. Deletions add nothing (they free), so
+    /// a full store still takes a change that only removes.
     pub fn encoded_bytes(&self) -> usize {
         self.bytes
     }
