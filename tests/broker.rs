@@ -721,3 +721,46 @@ async fn a_client_that_never_sends_connect_is_dropped_after_the_connect_timeout(
     let mut silent = RawClient::connect(broker.tcp, V5).await;
     assert!(silent.expect_closed().await.is_empty());
 }
+
+/// A clean session never touches the store: its CONNECT and its DISCONNECT write nothing.
+#[tokio::test]
+async fn clean_sessions_coming_and_going_write_nothing_to_the_store() {
+    let broker = TestBroker::start("clean-nowrite").await;
+    let stats = || {
+        broker
+            .server
+            .broker
+            .store_stats()
+            .expect("the test broker has a store")
+    };
+    let before = stats();
+    for n in 0..5 {
+        let mut c = raw(&broker, V5, &format!("clean-{n}"), true).await;
+        c.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success)))
+            .await;
+        assert!(c.expect_closed().await.is_empty());
+    }
+    // One thread: once the count is down, each session's end has run whole.
+    let connected = &broker.server.broker.stats.clients_connected;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while twinmq::broker::Stats::get(connected) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // A persistent session's CONNACK waits for its commit, so for all enqueued before.
+    let mut persistent = connect(V5, "kept", false, 30);
+    persistent.properties.session_expiry_interval = Some(60);
+    let mut kept = RawClient::connect(broker.tcp, V5).await;
+    assert!(matches!(
+        kept.handshake(persistent).await,
+        Packet::ConnAck(_)
+    ));
+    assert_eq!(
+        stats().batches - before.batches,
+        1,
+        "only the persistent session was written"
+    );
+}

@@ -381,6 +381,8 @@ impl ClientHandler {
             u32::MAX => None,
             secs => now.checked_add(Duration::from_secs(u64::from(secs))),
         };
+        // Only a session that was persistent can have anything in the store to forget.
+        let stored = key.entry().is_persistent();
         key.entry().set_expiry(expiry);
         let pending = report.will.as_ref().and_then(|will| {
             let delay = will_delay(will, expiry);
@@ -412,7 +414,7 @@ impl ClientHandler {
             self.broker.schedule_will(key.clone(), will, expiry);
         }
         if expiry == 0 && self.broker.registry.remove_if_expired(key.entry(), now) {
-            self.broker.end_session(&key);
+            self.broker.end_session(&key, stored);
         }
     }
 }

@@ -446,17 +446,20 @@ impl Broker {
     pub fn expire_sessions(self: &Arc<Self>, now: Instant) {
         for entry in self.registry.entries() {
             if entry.is_expired(now) && self.registry.remove_if_expired(&entry, now) {
-                self.end_session(&SessionKey::new(entry));
+                self.end_session(&SessionKey::new(entry), true);
             }
         }
     }
 
     /// A session is gone for good: its subscriptions go, and messages it held from shared
     /// subscriptions go to another member of their group [MQTT-4.8.2].
-    pub(crate) fn end_session(self: &Arc<Self>, key: &SessionKey) {
+    /// `stored`: the session was persistent, so the store may hold it.
+    pub(crate) fn end_session(self: &Arc<Self>, key: &SessionKey, stored: bool) {
         self.index.remove_client(key);
-        // Enqueued now, so it lands before anything a new session of this id writes.
-        self.forget_session(key.entry().client_id().as_str());
+        if stored {
+            // Enqueued now, so it lands before anything a new session of this id writes.
+            self.forget_session(key.entry().client_id().as_str());
+        }
         let Some(state) = key.entry().take_offline_state() else {
             return;
         };

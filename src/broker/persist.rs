@@ -118,6 +118,11 @@ impl Broker {
             .map(|committer| committer.enqueue(batch))
     }
 
+    /// What the store has committed so far, if there is one.
+    pub fn store_stats(&self) -> Option<crate::store::StoreStats> {
+        self.committer.as_ref().map(|c| c.store().stats())
+    }
+
     /// Live bytes in the store (what `storage.max_store_bytes` bounds), if there is one.
     pub fn store_usage(&self) -> Option<u64> {
         self.committer.as_ref().map(|c| c.store().live_bytes())
