@@ -189,16 +189,9 @@ fn open_store(config: &Config) -> Result<(Option<GroupCommitter>, Option<Recover
     };
     let store = Arc::new(Store::open(&config.data_dir, StoreOptions::default())?);
     let recovered = store.recover(Now::from_clocks())?;
-    let window = match durability {
-        StoreDurability::Group => Duration::from_millis(config.storage.group_commit_ms),
-        _ => Duration::ZERO,
-    };
-    let mut group = GroupCommitConfig::new(durability, window);
-    if durability == StoreDurability::Sync {
-        // sync: every acknowledgement waits for its own commit, never shared.
-        group.max_batches = 1;
-    }
-    let (committer, _task) = GroupCommitter::spawn(store, group);
+    let window = Duration::from_millis(config.storage.group_commit_ms);
+    let (committer, _task) =
+        GroupCommitter::spawn(store, GroupCommitConfig::new(durability, window));
     Ok((Some(committer), Some(recovered)))
 }
 

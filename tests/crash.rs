@@ -567,6 +567,55 @@ async fn a_full_store_refuses_new_qos1_publishes_with_quota_exceeded() {
     );
 }
 
+/// The limit counts writes still waiting for their commit: publishers racing each other
+/// into a filling store never take it past `storage.max_store_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_never_take_the_store_past_its_limit() {
+    let broker = common::TestBroker::start_with(
+        "store-full-race",
+        &[
+            "storage.max_store_bytes=1MiB",
+            // A long window: many publishes wait in the committer's queue at once.
+            "storage.group_commit_ms=50",
+        ],
+    )
+    .await;
+    let hoarder = broker
+        .tls_client("race-hoarder")
+        .persistent_session(Duration::from_secs(600));
+    common::park_subscriber(hoarder, "race/#", QoS::AtLeastOnce).await;
+    let mut publishers = tokio::task::JoinSet::new();
+    for p in 0..8 {
+        let (publisher, _) = Client::connect(broker.tls_client(&format!("racer-{p}")))
+            .await
+            .expect("publisher");
+        publishers.spawn(async move {
+            let payload = bytes::Bytes::from(vec![p as u8; 64 * 1024]);
+            let mut accepted = 0u32;
+            for _ in 0..40 {
+                match publisher
+                    .publish("race/x", payload.clone(), QoS::AtLeastOnce, false)
+                    .await
+                {
+                    Ok(()) => accepted += 1,
+                    Err(_) => break,
+                }
+            }
+            accepted
+        });
+    }
+    let mut accepted = 0;
+    while let Some(n) = publishers.join_next().await {
+        accepted += n.expect("publisher task");
+    }
+    let usage = broker.server.broker.store_usage().expect("a store");
+    assert!(accepted >= 10, "about 1 MiB is accepted ({accepted})");
+    assert!(
+        usage <= 1 << 20,
+        "{accepted} accepted, the store holds {usage} bytes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_refuses_v311_publishes_by_closing_without_an_ack() {
     use common::{connect, pid, publish_packet, RawClient};

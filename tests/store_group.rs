@@ -149,8 +149,7 @@ async fn enqueued_batches_apply_in_call_order_and_lazy_ones_skip_the_fsync() {
     let dir = TempDir::new("lazy");
     let store = store(&dir);
     // As the broker runs `storage.durability = sync`: one durable batch per commit.
-    let mut config = GroupCommitConfig::new(Durability::Sync, Duration::ZERO);
-    config.max_batches = 1;
+    let config = GroupCommitConfig::new(Durability::Sync, Duration::ZERO);
     let (committer, _task) = GroupCommitter::spawn(Arc::clone(&store), config);
     let clear = |i: usize| {
         let mut batch = WriteBatch::new(now());

@@ -25,7 +25,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,7 +35,8 @@ use super::core::{Broker, Stats};
 use super::session::SessionKey;
 use crate::protocol::{Delivery, FlowStep, InboundAck, PacketId, QueuePolicy, ReasonCode};
 use crate::store::{
-    Commit, Now, PendingWill, Recovered, SessionMeta, StoredSubscription, WriteBatch,
+    Commit, GroupCommitter, Now, PendingWill, Recovered, SessionMeta, StoredSubscription,
+    WriteBatch,
 };
 use crate::transport::Command;
 
@@ -128,13 +129,18 @@ impl Broker {
         self.committer.as_ref().map(|c| c.store().live_bytes())
     }
 
-    /// Whether `adding` more bytes would take the store past `storage.max_store_bytes`
-    /// (counting what drops already on their way to it will free).
+    /// What the store will hold once the writes on their way to it are committed: live
+    /// bytes, plus batches still queued, less what queued drops will free.
+    fn store_bytes_to_be(committer: &GroupCommitter, freeing: &AtomicU64) -> u64 {
+        (committer.store().live_bytes() + committer.queued_bytes())
+            .saturating_sub(freeing.load(Ordering::Relaxed))
+    }
+
+    /// Whether `adding` more bytes would take the store past `storage.max_store_bytes`.
     pub(crate) fn store_full(&self, adding: usize) -> bool {
         self.committer.as_ref().is_some_and(|c| {
-            let freeing = self.freeing.load(Ordering::Relaxed);
-            let live = c.store().live_bytes().saturating_sub(freeing);
-            live.saturating_add(adding as u64) > self.config.max_store_bytes
+            Broker::store_bytes_to_be(c, &self.freeing).saturating_add(adding as u64)
+                > self.config.max_store_bytes
         })
     }
 
@@ -162,9 +168,7 @@ impl Broker {
             return true;
         }
         let limit = self.config.max_store_bytes;
-        let live = committer.store().live_bytes();
-        let target = live
-            .saturating_sub(self.freeing.load(Ordering::Relaxed))
+        let target = Broker::store_bytes_to_be(committer, &self.freeing)
             .saturating_add(adding as u64)
             .saturating_sub(limit - limit / 10);
         // Every offline session's oldest stored message, oldest first.

@@ -17,6 +17,8 @@
 //! submit of the group gets the error (after an I/O error the engine refuses further
 //! commits until the store is reopened, so the broker should treat it as fatal).
 
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +31,7 @@ use super::{Durability, Store, StoreError};
 /// How the committer groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommitConfig {
-    /// `Sync` or `Group` commit durably (the same here: a `sync` broker simply awaits each
-    /// submit before the next acknowledgement); `None` makes every submit a no-op.
+    /// `Sync` or `Group` commit durably; `None` makes every submit a no-op.
     pub durability: Durability,
     /// How long a group stays open after its first batch (`storage.group_commit_ms`).
     /// Zero takes only what is already waiting.
@@ -40,11 +41,20 @@ pub struct GroupCommitConfig {
 }
 
 impl GroupCommitConfig {
+    /// `Group` (and `None`) take `window`; `Sync` gives every durable batch a commit of its
+    /// own, never shared or waited for (an acknowledgement waits for its own fsync).
     pub fn new(durability: Durability, window: Duration) -> GroupCommitConfig {
-        GroupCommitConfig {
-            durability,
-            window,
-            max_batches: 4096,
+        match durability {
+            Durability::Sync => GroupCommitConfig {
+                durability,
+                window: Duration::ZERO,
+                max_batches: 1,
+            },
+            Durability::Group | Durability::None => GroupCommitConfig {
+                durability,
+                window,
+                max_batches: 4096,
+            },
         }
     }
 }
@@ -60,6 +70,10 @@ pub struct GroupCommitter {
     jobs: mpsc::UnboundedSender<Job>,
     durability: Durability,
     store: Arc<Store>,
+    /// Named in the error of a commit that never happened; shared, not copied per batch.
+    path: Arc<Path>,
+    /// Bytes of batches enqueued and not yet committed (see `queued_bytes`).
+    queued: Arc<AtomicU64>,
 }
 
 /// The committer task; [`CommitterTask::join`] waits for it to finish.
@@ -80,11 +94,14 @@ impl GroupCommitter {
     /// resolve at once.
     pub fn spawn(store: Arc<Store>, config: GroupCommitConfig) -> (GroupCommitter, CommitterTask) {
         let (jobs, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(Arc::clone(&store), rx, config));
+        let queued = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(Arc::clone(&store), rx, config, Arc::clone(&queued)));
         let committer = GroupCommitter {
             jobs,
             durability: config.durability,
+            path: Arc::from(store.path()),
             store,
+            queued,
         };
         (committer, CommitterTask(task))
     }
@@ -117,6 +134,8 @@ impl GroupCommitter {
             return Commit::Done;
         }
         let (done, result) = oneshot::channel();
+        let bytes = batch.encoded_bytes() as u64;
+        self.queued.fetch_add(bytes, Ordering::Relaxed);
         match self.jobs.send(Job {
             batch,
             durable,
@@ -124,10 +143,21 @@ impl GroupCommitter {
         }) {
             Ok(()) => Commit::Waiting {
                 result,
-                path: self.store.path().to_path_buf(),
+                path: Arc::clone(&self.path),
             },
-            Err(_) => Commit::Stopped(self.store.path().to_path_buf()),
+            Err(_) => {
+                self.queued.fetch_sub(bytes, Ordering::Relaxed);
+                Commit::Stopped(Arc::clone(&self.path))
+            }
         }
+    }
+
+    /// At most what the batches enqueued and not yet committed will add to
+    /// [`Store::live_bytes`]: with it, a `max_store_bytes` check counts writes still on
+    /// their way (a commit adds its live bytes before it stops counting here, so the sum
+    /// never undercounts).
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// The store the committer writes to (for [`Store::usage`]).
@@ -143,10 +173,10 @@ pub enum Commit {
     Done,
     Waiting {
         result: oneshot::Receiver<Result<(), StoreError>>,
-        path: std::path::PathBuf,
+        path: Arc<Path>,
     },
     /// The committer task has ended.
-    Stopped(std::path::PathBuf),
+    Stopped(Arc<Path>),
 }
 
 impl std::future::Future for Commit {
@@ -159,14 +189,14 @@ impl std::future::Future for Commit {
         use std::task::Poll;
         match self.get_mut() {
             Commit::Done => Poll::Ready(Ok(())),
-            Commit::Stopped(path) => {
-                Poll::Ready(Err(StoreError::CommitterStopped { path: path.clone() }))
-            }
+            Commit::Stopped(path) => Poll::Ready(Err(StoreError::CommitterStopped {
+                path: path.to_path_buf(),
+            })),
             Commit::Waiting { result, path } => match std::pin::Pin::new(result).poll(cx) {
                 Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
-                Poll::Ready(Err(_)) => {
-                    Poll::Ready(Err(StoreError::CommitterStopped { path: path.clone() }))
-                }
+                Poll::Ready(Err(_)) => Poll::Ready(Err(StoreError::CommitterStopped {
+                    path: path.to_path_buf(),
+                })),
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -186,7 +216,12 @@ impl CommitterTask {
 /// Most lazy batches in one group, on top of `max_batches` durable ones.
 const MAX_LAZY_PER_GROUP: usize = 4096;
 
-async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Job>, config: GroupCommitConfig) {
+async fn run(
+    store: Arc<Store>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    config: GroupCommitConfig,
+    queued: Arc<AtomicU64>,
+) {
     let max_batches = config.max_batches.max(1);
     // A durable batch that did not fit its group opens the next one.
     let mut carried: Option<Job> = None;
@@ -225,6 +260,10 @@ async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Job>, config: Gr
             group.push(job);
         }
         let durable = group.iter().any(|job| job.durable);
+        let bytes: u64 = group
+            .iter()
+            .map(|job| job.batch.encoded_bytes() as u64)
+            .sum();
         let (batches, waiters): (Vec<WriteBatch>, Vec<_>) =
             group.into_iter().map(|job| (job.batch, job.done)).unzip();
         let committing = Arc::clone(&store);
@@ -237,6 +276,8 @@ async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Job>, config: Gr
                         detail: format!("the commit task failed: {err}"),
                     })
                 });
+        // Counted in the live bytes now (or never written): no longer on its way.
+        queued.fetch_sub(bytes, Ordering::Relaxed);
         if let Err(err) = &result {
             tracing::error!("group commit of {} batches failed: {err}", waiters.len());
         }
