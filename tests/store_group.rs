@@ -203,3 +203,29 @@ async fn enqueued_batches_apply_in_call_order_and_lazy_ones_skip_the_fsync() {
     );
     assert_eq!(store.recover(now()).expect("reads").retained.len(), 1);
 }
+
+#[tokio::test]
+async fn flush_puts_what_was_queued_lazily_on_disk() {
+    let dir = TempDir::new("flush");
+    let store = store(&dir);
+    let (committer, _task) = GroupCommitter::spawn(
+        Arc::clone(&store),
+        GroupCommitConfig::new(Durability::Group, Duration::from_millis(5)),
+    );
+    let before = store.stats();
+    let lazy = committer.enqueue_lazy(retained_batch(1));
+    let flushed = committer.flush();
+    lazy.await.expect("committed");
+    flushed.await.expect("flushed");
+    let after = store.stats();
+    assert_eq!(after.durable_commits - before.durable_commits, 1, "one fsync");
+    assert_eq!(store.recover(now()).expect("reads").retained.len(), 1);
+
+    let idle = store.stats();
+    committer.flush().await.expect("flushed");
+    assert_eq!(
+        store.stats().durable_commits - idle.durable_commits,
+        1,
+        "a flush always ends with an fsync"
+    );
+}

@@ -169,9 +169,16 @@ impl Broker {
         while self.registry.entries().iter().any(|e| e.is_online()) {
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!("shutdown: some connections did not close in time");
-                return;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // What the connections wrote on their way out (lazy removals too) reaches the disk
+        // before the process ends.
+        if let Some(committer) = &self.committer {
+            if let Err(err) = committer.flush().await {
+                tracing::error!(error = %err, "shutdown: the store's last writes failed");
+            }
         }
     }
 

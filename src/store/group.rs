@@ -129,10 +129,24 @@ impl GroupCommitter {
         self.hand_over(batch, false)
     }
 
+    /// Resolves once every batch enqueued before it, lazy ones included, is on disk: for a
+    /// clean shutdown, which would otherwise cut off what is still queued.
+    pub fn flush(&self) -> Commit {
+        if self.durability == Durability::None {
+            return Commit::Done;
+        }
+        // An empty durable batch: its group commits with an fsync after all before it.
+        self.send(WriteBatch::new(super::Now::from_clocks()), true)
+    }
+
     fn hand_over(&self, batch: WriteBatch, durable: bool) -> Commit {
         if self.durability == Durability::None || batch.is_empty() {
             return Commit::Done;
         }
+        self.send(batch, durable)
+    }
+
+    fn send(&self, batch: WriteBatch, durable: bool) -> Commit {
         let (done, result) = oneshot::channel();
         let bytes = batch.encoded_bytes() as u64;
         self.queued.fetch_add(bytes, Ordering::Relaxed);

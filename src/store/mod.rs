@@ -284,13 +284,13 @@ impl Store {
         self.commit_batches(std::slice::from_ref(&batch), durability != Durability::None)
     }
 
-    /// File size and live bytes. The live bytes are kept up to date by every commit, so
-    /// this costs one `stat` of the file.
     /// [`StoreUsage::live_bytes`] alone, without a system call (the publish path checks it).
     pub fn live_bytes(&self) -> u64 {
         self.live_bytes.load(Ordering::Relaxed)
     }
 
+    /// File size and live bytes. The live bytes are kept up to date by every commit, so
+    /// this costs one `stat` of the file.
     pub fn usage(&self) -> Result<StoreUsage, StoreError> {
         let file_bytes = std::fs::metadata(&self.path)
             .map_err(|e| StoreError::io(&self.path, "read the size of", e))?
@@ -315,7 +315,9 @@ impl Store {
         batches: &[WriteBatch],
         durable: bool,
     ) -> Result<(), StoreError> {
-        if batches.iter().all(WriteBatch::is_empty) {
+        // An empty durable commit still fsyncs: it makes earlier non-durable ones durable
+        // (what `GroupCommitter::flush` asks for).
+        if !durable && batches.iter().all(WriteBatch::is_empty) {
             return Ok(());
         }
         let path = &self.path;
