@@ -128,6 +128,17 @@ pub(crate) struct OutFlow {
     pub recorded: bool,
 }
 
+impl OutFlow {
+    /// The row whose packet id the store must record before this flow's PUBLISH may go
+    /// out: a stored QoS 2 message not recorded yet.
+    pub(crate) fn awaits_record(&self) -> Option<u64> {
+        if self.recorded || !needs_record(&self.message) {
+            return None;
+        }
+        self.message.row
+    }
+}
+
 /// Why a message for a session was dropped instead of queued or sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -442,30 +453,35 @@ impl SessionState {
         None
     }
 
-    /// Starts a flow under `id`: `Sending` with its PUBLISH frame pushed, or, for a stored
-    /// QoS 2 message, `Recording` with no frame yet.
+    /// Starts a flow under `id`, `Sending` with its PUBLISH frame pushed (a stored QoS 2
+    /// message then waits: [`SessionState::await_record`]).
     pub(crate) fn start_flow(&mut self, id: PacketId, message: Delivery, lane: LaneId) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.next_packet_id = id.next();
-        let (state, frames_pending) = if needs_record(&message) {
-            self.recording += 1;
-            (OutState::Recording { dup: false }, 0)
-        } else {
-            (OutState::Sending, 1)
-        };
         self.outbound.insert(
             id,
             OutFlow {
                 seq,
                 message,
-                state,
-                frames_pending,
+                state: OutState::Sending,
+                frames_pending: 1,
                 lane,
                 recorded: false,
             },
         );
         seq
+    }
+
+    /// Holds flow `id`'s PUBLISH (no frame out) until the store records its packet id, if
+    /// it [awaits one](OutFlow::awaits_record); returns the row to record.
+    pub(crate) fn await_record(&mut self, id: PacketId, dup: bool) -> Option<u64> {
+        let flow = self.outbound.get_mut(&id)?;
+        let row = flow.awaits_record()?;
+        flow.state = OutState::Recording { dup };
+        flow.frames_pending = 0;
+        self.recording += 1;
+        Some(row)
     }
 
     /// The queued flow sent first on the earliest connection, if any.

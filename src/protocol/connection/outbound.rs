@@ -104,7 +104,7 @@ impl Connection {
                             .session
                             .outbound
                             .get(&id)
-                            .is_some_and(|f| !f.recorded && needs_record(&f.message));
+                            .is_some_and(|f| f.awaits_record().is_some());
                         if used >= window || (held && !records) {
                             self.session.maybe_queued = true;
                             return;
@@ -156,21 +156,18 @@ impl Connection {
     /// Sends a message for the first time, with a topic alias where the client allows.
     /// Returns whether a QoS 1/2 flow started.
     fn send_fresh(&mut self, now: Instant, delivery: Delivery, qos_pid: QosPid) -> bool {
-        if let (Some(id), Some(row)) = (qos_pid.packet_id(), delivery.row) {
-            if needs_record(&delivery) {
-                // No frame (and no topic alias) until the store holds the packet id; but a
-                // message the client cannot take is dropped now, not after a record.
-                let check = publish_for(&delivery, qos_pid, false, now);
-                if let Err(err) = self.encode(&Packet::Publish(check)) {
-                    self.on_publish_unencodable(&delivery, err);
-                    return false;
-                }
-                let lane = self.lane_for_topic(&delivery.topic);
-                self.session.start_flow(id, delivery, lane);
-                self.events
-                    .push_back(Event::Flow(FlowStep::Sending { row, packet_id: id }));
-                return true;
+        if let Some(id) = qos_pid.packet_id().filter(|_| needs_record(&delivery)) {
+            // No frame (and no topic alias) until the store holds the packet id; but a
+            // message the client cannot take is dropped now, not after a record.
+            let check = publish_for(&delivery, qos_pid, false, now);
+            if let Err(err) = self.encode(&Packet::Publish(check)) {
+                self.on_publish_unencodable(&delivery, err);
+                return false;
             }
+            let lane = self.lane_for_topic(&delivery.topic);
+            self.session.start_flow(id, delivery, lane);
+            self.request_record(id, false);
+            return true;
         }
         let mut publish = publish_for(&delivery, qos_pid, false, now);
         let new_alias = self.apply_alias(&mut publish);
@@ -201,19 +198,18 @@ impl Connection {
     /// Resends the PUBLISH of a flow left from an earlier connection (full topic: aliases
     /// do not outlive a connection). Returns whether it was sent.
     fn resend_publish(&mut self, now: Instant, id: PacketId, dup: bool) -> bool {
-        let Some(flow) = self.session.outbound.get_mut(&id) else {
+        self.request_record(id, dup) || self.push_publish(now, id, dup)
+    }
+
+    /// Holds flow `id`'s PUBLISH and asks the broker to record its packet id, if it awaits
+    /// one ([`FlowStep::Sending`]). Returns whether it did.
+    fn request_record(&mut self, id: PacketId, dup: bool) -> bool {
+        let Some(row) = self.session.await_record(id, dup) else {
             return false;
         };
-        if let (false, Some(row)) = (flow.recorded, flow.message.row) {
-            if needs_record(&flow.message) {
-                flow.state = OutState::Recording { dup };
-                self.session.recording += 1;
-                self.events
-                    .push_back(Event::Flow(FlowStep::Sending { row, packet_id: id }));
-                return true;
-            }
-        }
-        self.push_publish(now, id, dup)
+        self.events
+            .push_back(Event::Flow(FlowStep::Sending { row, packet_id: id }));
+        true
     }
 
     /// Encodes a flow's PUBLISH into the outbox (full topic). Returns whether it was sent.
