@@ -416,22 +416,19 @@ impl Connection {
 
     fn on_pubrel(&mut self, _now: Instant, ack: Ack) {
         let id = ack.packet_id;
-        if self.record_releases {
-            let known =
-                self.session.inbound_qos2.contains(&id) || self.inbound_qos2_pending.remove(&id);
-            if known {
-                // The id stays taken until the store has forgotten it; a repeated PUBREL
-                // meanwhile changes nothing.
-                if !self.releasing.contains_key(&id) {
-                    self.session.inbound_qos2.insert(id);
-                    let lane = self.open_or_control(self.current_lane);
-                    self.releasing.insert(id, lane);
-                    self.events.push_back(Event::Released { packet_id: id });
-                }
-                return;
+        let known =
+            self.session.inbound_qos2.contains(&id) || self.inbound_qos2_pending.remove(&id);
+        if known && self.record_releases {
+            // The id stays taken until the store has forgotten it; a repeated PUBREL
+            // meanwhile changes nothing.
+            if !self.reply_lanes.contains_key(&id) {
+                self.session.inbound_qos2.insert(id);
+                self.reply_lanes.insert(id, self.current_lane);
+                self.events.push_back(Event::Released { packet_id: id });
             }
+            return;
         }
-        let known = self.session.inbound_qos2.remove(&id) || self.inbound_qos2_pending.remove(&id);
+        self.session.inbound_qos2.remove(&id);
         let reason = if known {
             ReasonCode::Success
         } else {

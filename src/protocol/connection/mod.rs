@@ -247,7 +247,9 @@ pub struct Connection {
     abandoned: HashMap<u64, Vec<FrameMeta>>,
     /// Latest first-to-last: deliveries for a filter go to the lane its SUBSCRIBE came on.
     sub_lanes: Vec<(TopicFilter, LaneId)>,
-    /// SUBACK/UNSUBACK lanes by packet id.
+    /// Replies the broker decides later (SUBACK, UNSUBACK, a PUBCOMP waiting for
+    /// `release_recorded`), by packet id: the lane their request came on. The client's
+    /// packet ids are one space, so they never collide.
     reply_lanes: HashMap<PacketId, LaneId>,
     /// The lane of the packet being handled: replies go back on it.
     current_lane: LaneId,
@@ -273,9 +275,6 @@ pub struct Connection {
     inbound_qos2_pending: BTreeSet<PacketId>,
     /// Whether a PUBCOMP waits for the broker to record the release (`record_releases`).
     record_releases: bool,
-    /// Released inbound QoS 2 ids whose PUBCOMP waits for `release_recorded`, with the
-    /// lane the PUBREL came on.
-    releasing: HashMap<PacketId, LaneId>,
     aliases_in: HashMap<u16, TopicName>,
     aliases_out: HashMap<TopicName, NonZeroU16>,
     close_reason: Option<CloseReason>,
@@ -318,7 +317,6 @@ impl Connection {
             inbound_qos1: BTreeSet::new(),
             inbound_qos2_pending: BTreeSet::new(),
             record_releases: false,
-            releasing: HashMap::new(),
             aliases_in: HashMap::new(),
             aliases_out: HashMap::new(),
             close_reason: None,
@@ -603,14 +601,11 @@ impl Connection {
 
     /// The store has forgotten a released inbound QoS 2 id: send its PUBCOMP.
     pub fn release_recorded(&mut self, now: Instant, packet_id: PacketId) {
-        let Some(lane) = self.releasing.remove(&packet_id) else {
-            return;
-        };
-        if !self.is_established() {
+        if !self.reply_lanes.contains_key(&packet_id) || !self.is_established() {
             return;
         }
         self.session.inbound_qos2.remove(&packet_id);
-        let lane = self.open_or_control(lane);
+        let lane = self.reply_lane(packet_id);
         self.enqueue_packet_on(lane, &Packet::PubComp(super::packet::Ack::new(packet_id)));
         self.pump(now);
     }
