@@ -218,7 +218,11 @@ async fn flush_puts_what_was_queued_lazily_on_disk() {
     lazy.await.expect("committed");
     flushed.await.expect("flushed");
     let after = store.stats();
-    assert_eq!(after.durable_commits - before.durable_commits, 1, "one fsync");
+    assert_eq!(
+        after.durable_commits - before.durable_commits,
+        1,
+        "one fsync"
+    );
     assert_eq!(store.recover(now()).expect("reads").retained.len(), 1);
 
     let idle = store.stats();

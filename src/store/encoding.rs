@@ -27,10 +27,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol::codec::{encode_to_bytes, Decoder};
+use crate::protocol::codec::{self, encode_to_bytes, Decoder};
 use crate::protocol::{
     Delivery, MqttString, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, QosPid,
-    RetainHandling, SubscriptionOptions, TopicFilter, TopicName, Will,
+    SubscriptionOptions, TopicFilter, TopicName, Will,
 };
 
 use super::record::{Now, PendingWill, SessionMeta, StoredSubscription};
@@ -428,23 +428,12 @@ fn decode_publish(bytes: &[u8]) -> Result<Publish, String> {
 
 /// The MQTT 5 SUBSCRIBE options byte (§3.8.3.1), reused as the stored form.
 fn options_byte(o: SubscriptionOptions) -> u8 {
-    o.qos.bits()
-        | u8::from(o.no_local) << 2
-        | u8::from(o.retain_as_published) << 3
-        | (o.retain_handling as u8) << 4
+    codec::subscription_options_byte(&o, ProtocolVersion::V5)
 }
 
 fn parse_options(byte: u8) -> Result<SubscriptionOptions, String> {
-    let bad = || format!("subscription options byte 0x{byte:02X}");
-    if byte & 0xC0 != 0 {
-        return Err(bad());
-    }
-    Ok(SubscriptionOptions {
-        qos: QoS::from_bits(byte & 0x03).ok_or_else(bad)?,
-        no_local: byte & 0x04 != 0,
-        retain_as_published: byte & 0x08 != 0,
-        retain_handling: RetainHandling::from_bits((byte >> 4) & 0x03).ok_or_else(bad)?,
-    })
+    codec::subscription_options(byte, ProtocolVersion::V5)
+        .map_err(|e| format!("subscription options byte 0x{byte:02X}: {e}"))
 }
 
 fn put_str16(w: &mut Vec<u8>, s: &str) -> Result<(), String> {
@@ -538,6 +527,8 @@ mod tests {
     use std::num::NonZeroU16;
 
     use proptest::prelude::*;
+
+    use crate::protocol::RetainHandling;
 
     use super::*;
     use crate::protocol::codec::strategies;

@@ -387,7 +387,7 @@ fn topic_filter(r: &mut Reader) -> Result<TopicFilter, DecodeError> {
 
 /// The options byte of a SUBSCRIBE entry (§3.8.3.1). Reserved bits must be 0
 /// [MQTT-3.8.3-5] (3.1.1: bits 2-7 [MQTT-3-8.3-4]).
-fn subscription_options(
+pub(crate) fn subscription_options(
     options: u8,
     version: ProtocolVersion,
 ) -> Result<SubscriptionOptions, DecodeError> {

@@ -300,7 +300,7 @@ fn v5_properties<S: Sink>(
 }
 
 /// The options byte (§3.8.3.1); 3.1.1 has only the QoS bits.
-fn options_byte(options: &SubscriptionOptions, version: ProtocolVersion) -> u8 {
+pub(crate) fn options_byte(options: &SubscriptionOptions, version: ProtocolVersion) -> u8 {
     let qos = options.qos.bits();
     match version {
         ProtocolVersion::V311 => qos,

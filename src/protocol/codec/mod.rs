@@ -63,6 +63,8 @@ mod tests;
 
 use bytes::{Bytes, BytesMut};
 
+pub(crate) use decode::subscription_options;
+pub(crate) use encode::options_byte as subscription_options_byte;
 pub use error::{DecodeError, EncodeError};
 
 use crate::protocol::packet::{Packet, PacketType};
