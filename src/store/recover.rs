@@ -10,18 +10,8 @@ use super::record::{
     ExpiredSessionWill, Now, PendingWill, Recovered, RecoveredSession, RecoveryReport,
     NEVER_EXPIRES,
 };
-use super::tables::{
-    inbound_range, row_key_bytes, row_range, Tables, INBOUND, MESSAGES, RETAINED, SESSIONS,
-};
-use super::{guard_panics, Store, StoreError};
-
-/// What recovery drops from the file.
-#[derive(Default)]
-struct Cleanup {
-    sessions: Vec<String>,
-    rows: Vec<(String, u64)>,
-    retained: Vec<String>,
-}
+use super::tables::{inbound_range, row_range, INBOUND, MESSAGES, RETAINED, SESSIONS};
+use super::{guard_panics, Store, StoreError, WriteBatch};
 
 impl Store {
     /// Loads every session and retained message, as of `now`:
@@ -60,7 +50,8 @@ impl Store {
         let retained_table = txn.open_table(RETAINED).map_err(|e| read_err(e.into()))?;
 
         let mut report = RecoveryReport::default();
-        let mut cleanup = Cleanup::default();
+        // What recovery drops from the file, removed in one durable commit.
+        let mut cleanup = WriteBatch::new(now);
         let mut sessions = Vec::new();
         let mut wills_of_expired_sessions = Vec::new();
         let mut next_row = 0u64;
@@ -86,7 +77,7 @@ impl Store {
                         will,
                     });
                 }
-                cleanup.sessions.push(client_id);
+                cleanup.delete_session(&client_id);
                 continue;
             }
 
@@ -120,7 +111,7 @@ impl Store {
                 let expired = row.expires_at.is_some_and(|at| at <= now_wall);
                 if expired && row.kind == RowKind::Queued {
                     report.expired_messages += 1;
-                    cleanup.rows.push((client_id.clone(), seq));
+                    cleanup.delete_row(&client_id, seq);
                     continue;
                 }
                 let mut message = row.delivery;
@@ -177,7 +168,7 @@ impl Store {
             }
             if stored.expires_at.is_some_and(|at| at <= now_wall) {
                 report.expired_retained += 1;
-                cleanup.retained.push(topic.to_string());
+                cleanup.delete_retained(&stored.publish.topic);
                 continue;
             }
             report.retained += 1;
@@ -197,7 +188,9 @@ impl Store {
             retained_table,
         ));
         drop(txn);
-        self.remove(cleanup)?;
+        if !cleanup.is_empty() {
+            self.commit_batches(&[cleanup], true)?;
+        }
         Ok(Recovered {
             sessions,
             retained,
@@ -205,55 +198,5 @@ impl Store {
             next_row,
             report,
         })
-    }
-
-    /// Removes what recovery dropped, in one durable commit.
-    fn remove(&self, cleanup: Cleanup) -> Result<(), StoreError> {
-        if cleanup.sessions.is_empty() && cleanup.rows.is_empty() && cleanup.retained.is_empty() {
-            return Ok(());
-        }
-        let path = &self.path;
-        let write_err = |e: redb::Error| StoreError::from_redb(path, "write", e);
-        let txn = self
-            .database()
-            .begin_write()
-            .map_err(|e| write_err(e.into()))?;
-        let mut removed = 0usize;
-        {
-            let mut tables = Tables::open(&txn).map_err(write_err)?;
-            for client_id in &cleanup.sessions {
-                if let Some(old) = tables
-                    .sessions
-                    .remove(client_id.as_str())
-                    .map_err(|e| write_err(e.into()))?
-                {
-                    removed += client_id.len() + old.value().len();
-                }
-                removed += tables.remove_session_data(client_id).map_err(write_err)?;
-            }
-            for (client_id, seq) in &cleanup.rows {
-                if let Some(old) = tables
-                    .messages
-                    .remove((client_id.as_str(), *seq))
-                    .map_err(|e| write_err(e.into()))?
-                {
-                    removed += row_key_bytes(client_id) + old.value().len();
-                }
-            }
-            for topic in &cleanup.retained {
-                if let Some(old) = tables
-                    .retained
-                    .remove(topic.as_str())
-                    .map_err(|e| write_err(e.into()))?
-                {
-                    removed += topic.len() + old.value().len();
-                }
-            }
-        }
-        txn.commit()
-            .map_err(|e| StoreError::from_redb(path, "commit to", e.into()))?;
-        self.add_live_bytes(-i64::try_from(removed).unwrap_or(i64::MAX));
-        self.count_commit(true, 0);
-        Ok(())
     }
 }
