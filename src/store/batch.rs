@@ -291,10 +291,6 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
-    /// Number of changes.
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
 
     /// Encoded size of the keys and values the batch writes: what it adds to
     /// [`StoreUsage::live_bytes`](super::StoreUsage::live_bytes) at most, for a

@@ -36,12 +36,6 @@ impl Now {
     }
 }
 
-impl From<(Instant, SystemTime)> for Now {
-    fn from((instant, system): (Instant, SystemTime)) -> Now {
-        Now { instant, system }
-    }
-}
-
 /// A persistent session as the broker writes it with
 /// [`WriteBatch::put_session`](super::WriteBatch::put_session).
 #[derive(Debug, Clone, PartialEq, Eq)]
