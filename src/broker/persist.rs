@@ -330,7 +330,6 @@ impl Broker {
     /// pending wills, retained messages, and the wills of sessions that expired while the
     /// broker was down (published now).
     pub fn restore(self: &Arc<Self>, recovered: Recovered, now: Instant) {
-        let report = recovered.report;
         self.next_row
             .fetch_max(recovered.next_row, std::sync::atomic::Ordering::Relaxed);
         for session in recovered.sessions {
@@ -366,7 +365,6 @@ impl Broker {
             );
             self.schedule_will_after_key(expired.will);
         }
-        tracing::info!(?report, "recovered from the store");
     }
 }
 
