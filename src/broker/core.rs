@@ -470,6 +470,9 @@ impl Broker {
         let Some(state) = key.entry().take_offline_state() else {
             return;
         };
+        // The moved messages' new rows, stored in one batch before any is handed over.
+        let mut batch = WriteBatch::new(Now::from_clocks());
+        let mut moved = Vec::new();
         for mut delivery in state.into_messages() {
             let Some(share) = delivery
                 .shared
@@ -485,13 +488,15 @@ impl Broker {
                     delivery.subscription_ids = route.subscription_ids;
                     // Its row went with the ended session; the new one gets its own.
                     delivery.row = None;
-                    let mut batch = WriteBatch::new(Now::from_clocks());
                     self.stamp_row(&route.client, &mut delivery, &mut batch);
-                    self.enqueue(batch);
-                    self.hand_over(&route.client, delivery);
+                    moved.push((route.client, delivery));
                 }
                 None => Stats::add(&self.stats.messages_dropped, 1),
             }
+        }
+        self.enqueue(batch);
+        for (client, delivery) in moved {
+            self.hand_over(&client, delivery);
         }
     }
 
