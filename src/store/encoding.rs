@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol::codec::{self, encode_to_bytes, Decoder};
+use crate::protocol::codec::{self, Decoder};
 use crate::protocol::{
     Delivery, MqttString, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, QosPid,
     SubscriptionOptions, TopicFilter, TopicName, Will,
@@ -163,14 +163,7 @@ fn kind_bytes(kind: RowKind) -> (u8, u16) {
 }
 
 pub(crate) fn encode_row(kind: RowKind, d: &Delivery, now: &Now) -> Result<Vec<u8>, String> {
-    let publish = publish_bytes(
-        d.topic.clone(),
-        d.payload.clone(),
-        d.qos,
-        d.retain,
-        (*d.properties).clone(),
-    )?;
-    let mut w = Vec::with_capacity(16 + publish.len());
+    let mut w = Vec::with_capacity(64 + d.topic.len() + d.payload.len());
     w.push(RECORD_VERSION);
     let (kind, packet_id) = kind_bytes(kind);
     w.push(kind);
@@ -195,7 +188,14 @@ pub(crate) fn encode_row(kind: RowKind, d: &Delivery, now: &Now) -> Result<Vec<u
     for id in &d.subscription_ids {
         w.extend_from_slice(&id.get().to_be_bytes());
     }
-    w.extend_from_slice(&publish);
+    put_publish(
+        &mut w,
+        d.topic.clone(),
+        d.payload.clone(),
+        d.qos,
+        d.retain,
+        (*d.properties).clone(),
+    )?;
     Ok(w)
 }
 
@@ -257,14 +257,7 @@ pub(crate) fn encode_retained(
     expires_at: Option<Instant>,
     now: &Now,
 ) -> Result<Vec<u8>, String> {
-    let publish = publish_bytes(
-        topic.clone(),
-        payload.clone(),
-        qos,
-        true,
-        properties.clone(),
-    )?;
-    let mut w = Vec::with_capacity(10 + publish.len());
+    let mut w = Vec::with_capacity(64 + topic.len() + payload.len());
     w.push(RECORD_VERSION);
     match expires_at {
         Some(at) => {
@@ -273,7 +266,14 @@ pub(crate) fn encode_retained(
         }
         None => w.push(0),
     }
-    w.extend_from_slice(&publish);
+    put_publish(
+        &mut w,
+        topic.clone(),
+        payload.clone(),
+        qos,
+        true,
+        properties.clone(),
+    )?;
     Ok(w)
 }
 
@@ -321,14 +321,14 @@ pub(crate) fn encode_meta(record: &SessionMeta, now: &Now) -> Result<Vec<u8>, St
         // PUBLISH cannot carry the will delay; it is the field just written.
         let mut properties = will.properties.clone();
         properties.will_delay_interval = None;
-        let publish = publish_bytes(
+        put_publish(
+            &mut w,
             will.topic.clone(),
             will.payload.clone(),
             will.qos,
             will.retain,
             properties,
         )?;
-        w.extend_from_slice(&publish);
     }
     Ok(w)
 }
@@ -383,15 +383,17 @@ pub(crate) fn decode_meta(value: &[u8]) -> Result<StoredMeta, String> {
     })
 }
 
-/// A message as the PUBLISH packet that carries it. QoS 1/2 need a packet id on the wire;
-/// the stored one means nothing (a row keeps its real id in its own framing).
-fn publish_bytes(
+/// Appends a message as the PUBLISH packet that carries it, its payload copied once. QoS 1/2
+/// need a packet id on the wire; the stored one means nothing (a row keeps its real id in
+/// its own framing).
+fn put_publish(
+    w: &mut Vec<u8>,
     topic: TopicName,
     payload: Bytes,
     qos: QoS,
     retain: bool,
     properties: Properties,
-) -> Result<Bytes, String> {
+) -> Result<(), String> {
     let qos_pid = QosPid::from_parts(qos, (qos != QoS::AtMostOnce).then_some(PacketId::MIN))
         .ok_or_else(|| "QoS and packet id disagree".to_string())?;
     let packet = Packet::Publish(Publish {
@@ -402,7 +404,11 @@ fn publish_bytes(
         payload,
         properties,
     });
-    encode_to_bytes(&packet, ProtocolVersion::V5).map_err(|e| e.to_string())
+    let encoded = codec::encode(&packet, ProtocolVersion::V5, &mut BytesMut::new())
+        .map_err(|e| e.to_string())?;
+    w.extend_from_slice(&encoded.head);
+    w.extend_from_slice(&encoded.payload);
+    Ok(())
 }
 
 fn decode_publish(bytes: &[u8]) -> Result<Publish, String> {
