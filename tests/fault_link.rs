@@ -7,7 +7,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
@@ -15,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use twinmq::fault::link::{
-    cleanup_stale, Directions, ImpairedLink, LinkError, LinkPlan, LinkStats, Window, CLIENT_ADDR,
+    cleanup_dead, Directions, ImpairedLink, LinkError, LinkPlan, LinkStats, Window, CLIENT_ADDR,
     SERVER_ADDR,
 };
 
@@ -23,23 +22,9 @@ const PREFIX: &str = "tmqt";
 
 /// Deletes namespaces left by earlier runs of these tests whose process is gone.
 fn clean_dead_runs() {
-    let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
-        return;
-    };
-    for entry in entries.flatten().take(10_000) {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // tmqt-<pid>-<n>-srv / -cli
-        let parts: Vec<&str> = name.split('-').collect();
-        if parts.len() != 4 || parts[0] != PREFIX {
-            continue;
-        }
-        let alive = Path::new("/proc").join(parts[1]).exists();
-        if !alive {
-            let prefix = parts[..3].join("-");
-            if let Ok(deleted) = cleanup_stale(&prefix) {
-                eprintln!("deleted stale namespaces {deleted:?}");
-            }
-        }
+    let deleted = cleanup_dead(PREFIX);
+    if !deleted.is_empty() {
+        eprintln!("deleted stale namespaces {deleted:?}");
     }
 }
 

@@ -238,6 +238,27 @@ pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>, LinkError> {
     Ok(deleted)
 }
 
+/// Deletes the namespaces of links named `<tag>-<pid>-<n>` whose process `<pid>` is gone
+/// (a run killed before it could clean up) and returns the names it deleted. For callers
+/// that name their links so: each link of a process gets its own `<n>`.
+pub fn cleanup_dead(tag: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return Vec::new();
+    };
+    let mut deleted = Vec::new();
+    for entry in entries.flatten().take(10_000) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // <tag>-<pid>-<n>-srv / -cli
+        let parts: Vec<&str> = name.split('-').collect();
+        if parts.len() == 4 && parts[0] == tag && !Path::new("/proc").join(parts[1]).exists() {
+            if let Ok(names) = cleanup_stale(&parts[..3].join("-")) {
+                deleted.extend(names);
+            }
+        }
+    }
+    deleted
+}
+
 fn server_ns_name(prefix: &str) -> String {
     format!("{prefix}-srv")
 }

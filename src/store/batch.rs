@@ -291,7 +291,6 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
-
     /// Encoded size of the keys and values the batch writes: what it adds to
     /// [`StoreUsage::live_bytes`](super::StoreUsage::live_bytes) at most, for a
     /// `max_store_bytes` check before submitting. Deletions add nothing (they free), so

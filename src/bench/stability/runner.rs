@@ -7,7 +7,7 @@
 //! Otherwise QUIC runs them through the loopback relay and TLS reports them not run.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -228,19 +228,7 @@ fn open_link(n: u32) -> Result<(Arc<ImpairedLink>, Runtime), LinkError> {
 
 /// Deletes namespaces of earlier bench runs whose process is gone.
 fn clean_dead_links() {
-    let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
-        return;
-    };
-    for entry in entries.flatten().take(10_000) {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let parts: Vec<&str> = name.split('-').collect();
-        if parts.len() == 4
-            && parts[0] == LINK_PREFIX
-            && !Path::new("/proc").join(parts[1]).exists()
-        {
-            let _ = link::cleanup_stale(&parts[..3].join("-"));
-        }
-    }
+    link::cleanup_dead(LINK_PREFIX);
 }
 
 /// Targets are loopback, or the documentation ranges the impairment link gives its
