@@ -7,7 +7,6 @@ mod common;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Instant, SystemTime};
 
 use twinmq::protocol::{Delivery, QoS, SessionSnapshot, TopicName};
 use twinmq::store::{
@@ -26,14 +25,10 @@ fn open(dir: &TempDir) -> Result<Store, StoreError> {
     Store::open(dir.path(), StoreOptions::default())
 }
 
-fn now() -> Now {
-    Now::new(Instant::now(), SystemTime::now())
-}
-
 /// A store holding `sessions` sessions of `per_session` queued 1 KiB messages.
 fn fill(dir: &TempDir, sessions: usize, per_session: usize) {
     let store = open(dir).expect("opens");
-    let now = now();
+    let now = Now::from_clocks();
     let message = Delivery::new(
         TopicName::new("fill/topic").expect("topic"),
         vec![0x42; 1024],
@@ -145,7 +140,6 @@ fn another_schema_version_is_refused_with_both_versions() {
 #[test]
 fn a_redb_file_that_is_not_a_twinmq_store_is_refused() {
     let dir = TempDir::new("foreign");
-    std::fs::create_dir_all(dir.path()).expect("dir");
     {
         let db = redb::Database::create(store_file(&dir)).expect("redb creates");
         let txn = db.begin_write().expect("write");
@@ -166,7 +160,6 @@ fn a_redb_file_that_is_not_a_twinmq_store_is_refused() {
 #[test]
 fn a_file_that_is_not_a_database_is_corrupt() {
     let dir = TempDir::new("garbage");
-    std::fs::create_dir_all(dir.path()).expect("dir");
     std::fs::write(store_file(&dir), vec![0x5A; 16 * 1024]).expect("write garbage");
     let err = open(&dir).expect_err("refused");
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
@@ -221,7 +214,7 @@ fn damage_anywhere_never_panics() {
         // Either a clear error or a store whose recovery succeeds or fails cleanly.
         match open(&dir) {
             Ok(store) => {
-                if let Err(err) = store.recover(now()) {
+                if let Err(err) = store.recover(Now::from_clocks()) {
                     assert_names_file(&err, &dir);
                 }
             }
@@ -233,7 +226,6 @@ fn damage_anywhere_never_panics() {
 #[test]
 fn an_unwritable_data_directory_names_the_path() {
     let dir = TempDir::new("unwritable");
-    std::fs::create_dir_all(dir.path()).expect("dir");
     // A file where the directory should be.
     let blocked = dir.path().join("data");
     std::fs::write(&blocked, b"not a directory").expect("write");

@@ -5,7 +5,7 @@ mod common;
 
 use common::TempDir;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use twinmq::broker::retained::RetainedMessage;
@@ -14,12 +14,8 @@ use twinmq::store::{
     Durability, GroupCommitConfig, GroupCommitter, Now, Store, StoreOptions, WriteBatch,
 };
 
-fn now() -> Now {
-    Now::new(Instant::now(), SystemTime::now())
-}
-
 fn retained_batch(i: usize) -> WriteBatch {
-    let mut batch = WriteBatch::new(now());
+    let mut batch = WriteBatch::new(Now::from_clocks());
     batch
         .put_retained(&RetainedMessage {
             topic: TopicName::new(&format!("group/{i}")).expect("topic"),
@@ -67,7 +63,7 @@ async fn concurrent_submits_share_fsyncs() {
     // Every submit that resolved is in the file.
     drop(committer);
     task.join().await;
-    let recovered = store.recover(now()).expect("recovers");
+    let recovered = store.recover(Now::from_clocks()).expect("recovers");
     assert_eq!(recovered.retained.len(), N);
 }
 
@@ -85,7 +81,14 @@ async fn a_resolved_submit_is_committed() {
             .await
             .expect("committed");
         // Visible to a new read the moment submit resolves.
-        assert_eq!(store.recover(now()).expect("reads").retained.len(), i + 1);
+        assert_eq!(
+            store
+                .recover(Now::from_clocks())
+                .expect("reads")
+                .retained
+                .len(),
+            i + 1
+        );
     }
     assert_eq!(
         store.stats().durable_commits,
@@ -93,7 +96,7 @@ async fn a_resolved_submit_is_committed() {
         "one commit each when sequential"
     );
     committer
-        .submit(WriteBatch::new(now()))
+        .submit(WriteBatch::new(Now::from_clocks()))
         .await
         .expect("empty batch");
     assert_eq!(
@@ -113,7 +116,11 @@ async fn none_durability_never_touches_the_store() {
     );
     committer.submit(retained_batch(0)).await.expect("resolves");
     assert_eq!(store.stats().commits, 0);
-    assert!(store.recover(now()).expect("reads").retained.is_empty());
+    assert!(store
+        .recover(Now::from_clocks())
+        .expect("reads")
+        .retained
+        .is_empty());
     drop(committer);
     task.join().await;
 }
@@ -152,7 +159,7 @@ async fn enqueued_batches_apply_in_call_order_and_lazy_ones_skip_the_fsync() {
     let config = GroupCommitConfig::new(Durability::Sync, Duration::ZERO);
     let (committer, _task) = GroupCommitter::spawn(Arc::clone(&store), config);
     let clear = |i: usize| {
-        let mut batch = WriteBatch::new(now());
+        let mut batch = WriteBatch::new(Now::from_clocks());
         batch.delete_retained(&TopicName::new(&format!("group/{i}")).expect("topic"));
         batch
     };
@@ -161,7 +168,11 @@ async fn enqueued_batches_apply_in_call_order_and_lazy_ones_skip_the_fsync() {
     let cleared = committer.enqueue_lazy(clear(0));
     set.await.expect("committed");
     cleared.await.expect("committed");
-    assert!(store.recover(now()).expect("reads").retained.is_empty());
+    assert!(store
+        .recover(Now::from_clocks())
+        .expect("reads")
+        .retained
+        .is_empty());
     assert_eq!(store.stats().durable_commits, 1, "one fsync for the set");
 
     // A lazy batch alone commits without an fsync; the next durable commit carries it.
@@ -178,7 +189,14 @@ async fn enqueued_batches_apply_in_call_order_and_lazy_ones_skip_the_fsync() {
     let after = store.stats();
     assert_eq!(after.commits - before.commits, 1);
     assert_eq!(after.durable_commits, before.durable_commits, "no fsync");
-    assert_eq!(store.recover(now()).expect("reads").retained.len(), 1);
+    assert_eq!(
+        store
+            .recover(Now::from_clocks())
+            .expect("reads")
+            .retained
+            .len(),
+        1
+    );
 
     // Under `sync`, lazy batches waiting with durable ones share their fsync, and each
     // durable batch still gets its own.
@@ -201,7 +219,14 @@ async fn enqueued_batches_apply_in_call_order_and_lazy_ones_skip_the_fsync() {
         10,
         "the lazy ones rode along"
     );
-    assert_eq!(store.recover(now()).expect("reads").retained.len(), 1);
+    assert_eq!(
+        store
+            .recover(Now::from_clocks())
+            .expect("reads")
+            .retained
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -223,7 +248,14 @@ async fn flush_puts_what_was_queued_lazily_on_disk() {
         1,
         "one fsync"
     );
-    assert_eq!(store.recover(now()).expect("reads").retained.len(), 1);
+    assert_eq!(
+        store
+            .recover(Now::from_clocks())
+            .expect("reads")
+            .retained
+            .len(),
+        1
+    );
 
     let idle = store.stats();
     committer.flush().await.expect("flushed");

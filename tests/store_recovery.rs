@@ -5,7 +5,7 @@
 mod common;
 
 use common::TempDir;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use twinmq::broker::retained::RetainedMessage;
@@ -63,7 +63,7 @@ fn later(now: Now, by: Duration) -> Now {
 #[test]
 fn recovery_drops_what_expired_and_keeps_the_rest() {
     let dir = TempDir::new("expiry");
-    let t0 = Now::new(Instant::now(), SystemTime::now());
+    let t0 = Now::from_clocks();
     let store = Store::open(dir.path(), StoreOptions::default()).expect("opens");
     let mut batch = WriteBatch::new(t0);
 
@@ -188,7 +188,7 @@ fn recovery_drops_what_expired_and_keeps_the_rest() {
 #[test]
 fn a_session_is_alive_until_its_expiry_interval_has_fully_run() {
     let dir = TempDir::new("edge");
-    let t0 = Now::new(Instant::now(), SystemTime::now());
+    let t0 = Now::from_clocks();
     let store = Store::open(dir.path(), StoreOptions::default()).expect("opens");
     let mut batch = WriteBatch::new(t0);
     batch
@@ -211,9 +211,7 @@ fn a_session_is_alive_until_its_expiry_interval_has_fully_run() {
 fn an_empty_store_recovers_nothing() {
     let dir = TempDir::new("empty");
     let store = Store::open(dir.path(), StoreOptions::default()).expect("opens");
-    let recovered = store
-        .recover(Now::new(Instant::now(), SystemTime::now()))
-        .expect("recovers");
+    let recovered = store.recover(Now::from_clocks()).expect("recovers");
     assert!(recovered.sessions.is_empty() && recovered.retained.is_empty());
     assert_eq!(recovered.report, Default::default());
 }

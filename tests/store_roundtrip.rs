@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::TempDir;
+use common::{pid, TempDir};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use twinmq::broker::retained::RetainedMessage;
 use twinmq::protocol::{
-    Delivery, InflightMessage, MqttString, PacketId, Properties, QoS, RetainHandling,
-    SessionSnapshot, SessionState, SubscriptionOptions, TopicFilter, TopicName, Will,
+    Delivery, InflightMessage, MqttString, Properties, QoS, RetainHandling, SessionSnapshot,
+    SessionState, SubscriptionOptions, TopicFilter, TopicName, Will,
 };
 use twinmq::store::{
     Durability, Now, PendingWill, RecoveredSession, SessionRecord, Store, StoreOptions,
@@ -67,10 +67,6 @@ fn delivery(t: &str, qos: QoS, expires_at: Option<Instant>, properties: Properti
         expires_at,
         row: None,
     }
-}
-
-fn id(n: u16) -> PacketId {
-    PacketId::new(n).expect("non-zero")
 }
 
 /// A `Now` whose system time has whole milliseconds, so every time written at an offset of
@@ -149,17 +145,17 @@ fn unnumbered_record(now: &Now) -> SessionRecord {
         state: SessionSnapshot {
             inflight: vec![
                 InflightMessage {
-                    packet_id: id(65535),
+                    packet_id: pid(65535),
                     message: delivery("in/1", QoS::AtLeastOnce, soon, publish_properties()),
                     released: false,
                 },
                 InflightMessage {
-                    packet_id: id(1),
+                    packet_id: pid(1),
                     message: delivery("in/2", QoS::ExactlyOnce, None, Properties::default()),
                     released: true,
                 },
                 InflightMessage {
-                    packet_id: id(2),
+                    packet_id: pid(2),
                     message: delivery("in/3", QoS::ExactlyOnce, None, publish_properties()),
                     released: false,
                 },
@@ -169,7 +165,7 @@ fn unnumbered_record(now: &Now) -> SessionRecord {
                 delivery("q/2", QoS::ExactlyOnce, None, Properties::default()),
                 delivery("q/3", QoS::AtMostOnce, None, publish_properties()),
             ],
-            awaiting_pubrel: vec![id(3), id(65535)],
+            awaiting_pubrel: vec![pid(3), pid(65535)],
         },
     }
 }
@@ -269,14 +265,14 @@ fn rows_and_inbound_ids_change_one_at_a_time_and_stay_gone_once_removed() {
     let mut batch = WriteBatch::new(now);
     batch.append_queued("c1", &extra).expect("encodes");
     // q/1 (row 3) is sent under packet id 40; q/2 (row 4) finished.
-    batch.mark_inflight("c1", 3, id(40), false);
+    batch.mark_inflight("c1", 3, pid(40), false);
     batch.delete_row("c1", 4);
-    batch.put_inbound("c1", id(7));
-    batch.delete_inbound("c1", id(3));
+    batch.put_inbound("c1", pid(7));
+    batch.delete_inbound("c1", pid(3));
     // Ignored: no such session or row, so nothing orphaned or brought back.
     batch.append_queued("nobody", &extra).expect("encodes");
-    batch.put_inbound("nobody", id(1));
-    batch.mark_inflight("c1", 99, id(1), true);
+    batch.put_inbound("nobody", pid(1));
+    batch.mark_inflight("c1", 99, pid(1), true);
     store.commit(batch, Durability::Sync).expect("commits");
 
     let recovered = store.recover(now).expect("recovers");
@@ -285,26 +281,26 @@ fn rows_and_inbound_ids_change_one_at_a_time_and_stay_gone_once_removed() {
     let state = &recovered.sessions[0].state;
     let mut inflight = record.state.inflight.clone();
     inflight.push(InflightMessage {
-        packet_id: id(40),
+        packet_id: pid(40),
         message: record.state.queue[0].clone(),
         released: false,
     });
     assert_eq!(state.inflight, inflight);
     assert_eq!(state.queue, vec![record.state.queue[2].clone(), extra]);
-    assert_eq!(state.awaiting_pubrel, vec![id(7), id(65535)]);
+    assert_eq!(state.awaiting_pubrel, vec![pid(7), pid(65535)]);
 
     // Released, then finished: a late step for a finished row does not bring it back.
     let mut batch = WriteBatch::new(now);
-    batch.mark_inflight("c1", 10, id(41), true);
+    batch.mark_inflight("c1", 10, pid(41), true);
     store.commit(batch, Durability::Sync).expect("commits");
     let state = &store.recover(now).expect("recovers").sessions[0].state;
     assert_eq!(
         state.inflight.last().map(|m| (m.packet_id, m.released)),
-        Some((id(41), true))
+        Some((pid(41), true))
     );
     let mut batch = WriteBatch::new(now);
     batch.delete_row("c1", 10);
-    batch.mark_inflight("c1", 10, id(41), true);
+    batch.mark_inflight("c1", 10, pid(41), true);
     store.commit(batch, Durability::Sync).expect("commits");
     let state = &store.recover(now).expect("recovers").sessions[0].state;
     assert!(state.inflight.iter().all(|m| m.message.row != Some(10)));
@@ -386,7 +382,7 @@ fn put_session_replaces_and_deletes_remove_everything() {
     let mut batch = WriteBatch::new(now);
     batch.delete_session("c1");
     batch.delete_row("c1", 0);
-    batch.delete_inbound("c1", id(1));
+    batch.delete_inbound("c1", pid(1));
     batch.delete_retained(&topic("gone"));
     assert_eq!(
         batch.encoded_bytes(),
@@ -408,12 +404,12 @@ fn live_bytes_after_a_reopen_match_the_running_count() {
             .put_session("c1", &full_record(&now))
             .expect("encodes");
         batch.delete_row("c1", 3);
-        batch.put_inbound("c1", id(9));
-        batch.delete_inbound("c1", id(3));
+        batch.put_inbound("c1", pid(9));
+        batch.delete_inbound("c1", pid(3));
         let mut extra = delivery("x", QoS::AtLeastOnce, None, Properties::default());
         extra.row = Some(20);
         batch.append_queued("c1", &extra).expect("encodes");
-        batch.mark_inflight("c1", 20, id(5), false);
+        batch.mark_inflight("c1", 20, pid(5), false);
         batch
             .put_retained(&retained("r", None, Properties::default()))
             .expect("encodes");
