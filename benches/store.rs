@@ -174,11 +174,7 @@ fn store_with_subscriber(root: &std::path::Path, name: &str) -> Store {
                 offline_since: Some(now.instant),
                 subscriptions: Vec::new(),
                 will: None,
-                state: SessionSnapshot {
-                    inflight: Vec::new(),
-                    queue: Vec::new(),
-                    awaiting_pubrel: Vec::new(),
-                },
+                state: SessionSnapshot::default(),
             },
         )
         .expect("encodes");

@@ -41,9 +41,8 @@ fn fill(dir: &TempDir, sessions: usize, per_session: usize) {
             subscriptions: Vec::new(),
             will: None,
             state: SessionSnapshot {
-                inflight: Vec::new(),
                 queue: vec![message.clone(); per_session],
-                awaiting_pubrel: Vec::new(),
+                ..SessionSnapshot::default()
             },
         };
         let mut batch = WriteBatch::new(now);

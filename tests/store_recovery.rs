@@ -47,11 +47,7 @@ fn session(expiry_interval: u32, offline_since: Option<Instant>) -> SessionRecor
         offline_since,
         subscriptions: Vec::new(),
         will: None,
-        state: SessionSnapshot {
-            inflight: Vec::new(),
-            queue: Vec::new(),
-            awaiting_pubrel: Vec::new(),
-        },
+        state: SessionSnapshot::default(),
     }
 }
 

@@ -221,7 +221,7 @@ pub struct SessionState {
 }
 
 /// A session as plain data, for the store: what a restarted broker needs to resume it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionSnapshot {
     /// Unfinished outbound QoS 1/2 messages in their original order, with their packet id
     /// and what to resend.

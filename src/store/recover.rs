@@ -81,11 +81,7 @@ impl Store {
                 continue;
             }
 
-            let mut state = SessionSnapshot {
-                inflight: Vec::new(),
-                queue: Vec::new(),
-                awaiting_pubrel: Vec::new(),
-            };
+            let mut state = SessionSnapshot::default();
             for entry in inbound_table
                 .range(inbound_range(&client_id))
                 .map_err(|e| read_err(e.into()))?
