@@ -58,15 +58,22 @@ impl Broker {
         }
     }
 
-    /// `None` if the broker exits before printing its addresses (a port is taken).
-    fn start_on(data_dir: &Path, [tcp, tls, quic]: [u16; 3]) -> Option<Broker> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_twinmq"))
+    /// `twinmq serve` on `data_dir`, listening on loopback at `ports` (TCP, TLS, QUIC).
+    fn command(data_dir: &Path, [tcp, tls, quic]: [u16; 3]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_twinmq"));
+        command
             .arg("serve")
             .args(["--set", &format!("data_dir={}", data_dir.display())])
             .args(["--set", &format!("listeners.tcp.bind=127.0.0.1:{tcp}")])
             .args(["--set", &format!("listeners.tls.bind=127.0.0.1:{tls}")])
             .args(["--set", &format!("listeners.quic.bind=127.0.0.1:{quic}")])
-            .args(["--set", "log.level=warn"])
+            .args(["--set", "log.level=warn"]);
+        command
+    }
+
+    /// `None` if the broker exits before printing its addresses (a port is taken).
+    fn start_on(data_dir: &Path, ports: [u16; 3]) -> Option<Broker> {
+        let mut child = Broker::command(data_dir, ports)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -428,12 +435,7 @@ async fn mosquitto_sub_gets_every_acknowledged_message_through_sigkills() {
 fn a_data_directory_in_use_is_refused_with_its_path() {
     let data_dir = temp_dir("crash-locked");
     let first = Broker::start(&data_dir);
-    let second = Command::new(env!("CARGO_BIN_EXE_twinmq"))
-        .arg("serve")
-        .args(["--set", &format!("data_dir={}", data_dir.display())])
-        .args(["--set", "listeners.tcp.bind=127.0.0.1:0"])
-        .args(["--set", "listeners.tls.bind=127.0.0.1:0"])
-        .args(["--set", "listeners.quic.bind=127.0.0.1:0"])
+    let second = Broker::command(&data_dir, [0, 0, 0])
         .output()
         .expect("second broker runs");
     first.kill();
