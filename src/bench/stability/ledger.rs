@@ -61,6 +61,21 @@ pub struct Sample {
     pub recv_us: u64,
 }
 
+impl Sample {
+    /// Publish to delivery, in milliseconds.
+    pub fn latency_ms(&self) -> f64 {
+        self.recv_us.saturating_sub(self.sent_us) as f64 / 1000.0
+    }
+
+    /// A point of the latency-over-time series: (seconds since `start_us`, latency ms).
+    pub fn point(&self, start_us: u64) -> (f64, f64) {
+        (
+            self.sent_us.saturating_sub(start_us) as f64 / 1e6,
+            self.latency_ms(),
+        )
+    }
+}
+
 /// Shared by a run's publishers and subscribers.
 pub struct Ledger {
     epoch: Instant,
@@ -221,6 +236,13 @@ impl Ledger {
             sent_us: stamp.sent_us,
             recv_us,
         });
+    }
+
+    /// Waits (polling, bounded by `until`) until no acknowledged message is missing.
+    pub async fn wait_delivered(&self, until: Instant) {
+        while self.missing() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Acknowledged messages some subscriber has not received yet.

@@ -70,18 +70,17 @@ impl RunResult {
         }
     }
 
-    /// A run that ran: its message counts and its delivery latencies (sorted, in ms).
-    pub fn measured(
-        scenario: Scenario,
-        transport: TransportKind,
-        condition: &str,
+    /// A run of `env`'s case that ran: its message counts and its delivery latencies
+    /// (sorted, in ms).
+    pub(crate) fn measured(
+        env: &super::runner::Env,
         totals: &super::ledger::Totals,
         latencies: &[f64],
     ) -> RunResult {
         RunResult {
-            scenario,
-            transport,
-            condition: condition.to_string(),
+            scenario: env.case.scenario,
+            transport: env.case.transport,
+            condition: env.label.clone(),
             ran: true,
             sent: totals.sent,
             acked: totals.acked,

@@ -384,9 +384,7 @@ async fn run_steady(env: &Env, spec: &Spec) -> Result<Steady, BenchError> {
             Err(e) => return Err(BenchError::Task(e.to_string())),
         }
     }
-    while ledger.missing() > 0 && Instant::now() < drain_until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ledger.wait_delivered(drain_until).await;
     let readings = probe.finish(env.case.transport.is_quic());
     let reconnects = all.iter().map(|c| c.connections().saturating_sub(1)).sum();
     let _ = stop_tx.send(true);
@@ -425,19 +423,8 @@ fn finish(env: &Env, spec: &Spec, s: Steady) -> RunResult {
     let measured = s.ledger.measured_samples();
     let all = s.ledger.samples();
     let start_us = s.ledger.us(s.start);
-    let mut latencies: Vec<f64> = measured
-        .iter()
-        .map(|x| x.recv_us.saturating_sub(x.sent_us) as f64 / 1000.0)
-        .collect();
-    let series: Vec<(f64, f64)> = measured
-        .iter()
-        .map(|x| {
-            (
-                x.sent_us.saturating_sub(start_us) as f64 / 1e6,
-                x.recv_us.saturating_sub(x.sent_us) as f64 / 1000.0,
-            )
-        })
-        .collect();
+    let mut latencies: Vec<f64> = measured.iter().map(Sample::latency_ms).collect();
+    let series: Vec<(f64, f64)> = measured.iter().map(|x| x.point(start_us)).collect();
     latencies.sort_by(f64::total_cmp);
     let events_us: Vec<u64> = s.events.iter().map(|e| s.ledger.us(*e)).collect();
     let (recoveries, unrecovered) = ledger::recovery_ms(&all, &events_us, &s.subscribers);
@@ -456,13 +443,7 @@ fn finish(env: &Env, spec: &Spec, s: Steady) -> RunResult {
         udp_injected_drops: s.injected_drops.filter(|_| env.case.transport.is_quic()),
         udp_kernel_drops: kernel_drops,
         series,
-        ..RunResult::measured(
-            env.case.scenario,
-            env.case.transport,
-            &env.label,
-            &totals,
-            &latencies,
-        )
+        ..RunResult::measured(env, &totals, &latencies)
     };
     if totals.duplicated > 0 {
         result.notes.push(format!(
@@ -562,7 +543,7 @@ fn describe(env: &Env, spec: &Spec, events: &[Instant], all: &[Sample], r: &mut 
             let mut large: Vec<f64> = all
                 .iter()
                 .filter(|s| s.publisher == 0)
-                .map(|s| s.recv_us.saturating_sub(s.sent_us) as f64 / 1000.0)
+                .map(Sample::latency_ms)
                 .collect();
             large.sort_by(f64::total_cmp);
             if let Some(p50) = ledger::percentile(&large, 50.0) {

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::clients;
-use super::ledger::{self, Ledger, Stamp};
+use super::ledger::{self, Ledger, Sample, Stamp};
 use super::runner::{Env, Probe};
 use super::{BenchError, RunResult};
 use crate::bench::path::tcp::TcpRelay;
@@ -110,10 +110,9 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
         old.push(client);
     }
     publish_to_all(&publisher, &ledger, &topics, 0).await;
-    let warm_deadline = Instant::now() + env.shape.drain;
-    while ledger.missing() > 0 && Instant::now() < warm_deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ledger
+        .wait_delivered(Instant::now() + env.shape.drain)
+        .await;
     let warm_missing = ledger.missing();
 
     // Every connection drops at once.
@@ -180,10 +179,9 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
     }
     let all_resumed = Instant::now();
     let (cpu, rss, kernel_drops) = probe.finish(env.case.transport.is_quic());
-    let drain_until = Instant::now() + env.shape.drain;
-    while ledger.missing() > 0 && Instant::now() < drain_until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ledger
+        .wait_delivered(Instant::now() + env.shape.drain)
+        .await;
     let injected = match &relay {
         Relay::Udp(r) => Some(r.stats().dropped()),
         Relay::Tcp(_) => None,
@@ -198,7 +196,7 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
     let mut latencies: Vec<f64> = samples
         .iter()
         .filter(|s| s.sent_us < drop_us)
-        .map(|s| s.recv_us.saturating_sub(s.sent_us) as f64 / 1000.0)
+        .map(Sample::latency_ms)
         .collect();
     latencies.sort_by(f64::total_cmp);
     resumed_ms.sort_by(f64::total_cmp);
@@ -215,22 +213,8 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
         broker_rss_bytes: rss,
         udp_injected_drops: injected,
         udp_kernel_drops: kernel_drops,
-        series: samples
-            .iter()
-            .map(|s| {
-                (
-                    s.sent_us.saturating_sub(start_us) as f64 / 1e6,
-                    s.recv_us.saturating_sub(s.sent_us) as f64 / 1000.0,
-                )
-            })
-            .collect(),
-        ..RunResult::measured(
-            env.case.scenario,
-            env.case.transport,
-            &env.label,
-            &totals,
-            &latencies,
-        )
+        series: samples.iter().map(|s| s.point(start_us)).collect(),
+        ..RunResult::measured(env, &totals, &latencies)
     };
     r.extra.push(("clients", n as f64));
     r.extra.push(("all_resumed_ms", storm_s * 1000.0));
