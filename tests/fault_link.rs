@@ -206,6 +206,13 @@ fn tcp_bytes_flow_through_a_clean_link() {
     assert!(stats.to_client.packets_forwarded > 10, "{stats:?}");
 }
 
+/// An order-sensitive checksum, continued from `sum` over `bytes` (so chunks add up).
+fn checksum(sum: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(sum, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)))
+}
+
 /// Liveness bound through a lossy link. TCP backs off exponentially (SYN from 1 s, data
 /// from 200 ms): six lost round trips in a row on one segment already cost 12.6 s, which
 /// 20 % loss each way made a few-percent event per run (CI once hit it with a 15 s bound).
@@ -235,9 +242,7 @@ fn tcp_completes_a_transfer_through_10_percent_loss() {
                 break;
             }
             count += n as u64;
-            sum = buf[..n]
-                .iter()
-                .fold(sum, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+            sum = checksum(sum, &buf[..n]);
         }
         stream.write_all(&count.to_be_bytes())?;
         Ok((count, sum))
@@ -252,9 +257,7 @@ fn tcp_completes_a_transfer_through_10_percent_loss() {
     let mut reply = [0u8; 8];
     client.read_exact(&mut reply).expect("the server's count");
     let (count, sum) = sink.join().expect("sink thread").expect("sink");
-    let expected = data
-        .iter()
-        .fold(0u64, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+    let expected = checksum(0, &data);
     assert_eq!(u64::from_be_bytes(reply), SIZE as u64);
     assert_eq!(
         (count, sum),

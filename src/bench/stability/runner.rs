@@ -125,11 +125,15 @@ impl Probe {
         Probe {
             pid: env.broker_pid,
             cpu: env.broker_pid.and_then(proc::cpu),
-            udp: env.broker_pid.and_then(UdpDrops::read),
+            // Kernel UDP drops concern QUIC only.
+            udp: env
+                .broker_pid
+                .filter(|_| env.case.transport.is_quic())
+                .and_then(UdpDrops::read),
         }
     }
 
-    pub fn finish(&self, quic: bool) -> Readings {
+    pub fn finish(&self) -> Readings {
         let Some(pid) = self.pid else {
             return (None, None, None);
         };
@@ -137,13 +141,10 @@ impl Probe {
             (Some(before), Some(now)) => Some(now.saturating_sub(before).as_secs_f64()),
             _ => None,
         };
-        let udp = match (self.udp, UdpDrops::read(pid)) {
-            (Some(before), Some(now)) if quic => {
-                let d = now.since(before);
-                Some(d.in_errors.max(d.rcvbuf_errors))
-            }
-            _ => None,
-        };
+        let udp = self.udp.and_then(|before| {
+            let d = UdpDrops::read(pid)?.since(before);
+            Some(d.in_errors.max(d.rcvbuf_errors))
+        });
         (cpu, proc::rss_bytes(pid), udp)
     }
 }

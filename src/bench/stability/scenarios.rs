@@ -385,7 +385,7 @@ async fn run_steady(env: &Env, spec: &Spec) -> Result<Steady, BenchError> {
         }
     }
     ledger.wait_delivered(drain_until).await;
-    let readings = probe.finish(env.case.transport.is_quic());
+    let readings = probe.finish();
     let reconnects = all.iter().map(|c| c.connections().saturating_sub(1)).sum();
     let _ = stop_tx.send(true);
     clients::disconnect_all(all).await;

@@ -178,7 +178,7 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
         }
     }
     let all_resumed = Instant::now();
-    let (cpu, rss, kernel_drops) = probe.finish(env.case.transport.is_quic());
+    let (cpu, rss, kernel_drops) = probe.finish();
     ledger
         .wait_delivered(Instant::now() + env.shape.drain)
         .await;

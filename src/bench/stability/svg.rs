@@ -128,11 +128,7 @@ fn goodput_chart(results: &[RunResult]) -> Option<String> {
         "goodput, msg/s",
     );
     svg.axes(x_max, y_max);
-    for transport in [
-        TransportKind::Tls,
-        TransportKind::QuicSingle,
-        TransportKind::QuicMulti,
-    ] {
+    for transport in TransportKind::ALL {
         let mut plain: Vec<(f64, f64)> = Vec::new();
         let mut reordered: Vec<(f64, f64)> = Vec::new();
         for r in loss.iter().filter(|r| r.transport == transport) {
