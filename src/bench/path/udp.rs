@@ -115,7 +115,7 @@ impl UdpRelay {
             if flow.generation < self.inner.generation.load(Ordering::Relaxed) {
                 continue;
             }
-            let socket = Arc::new(bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))?);
+            let socket = Arc::new(self.inner.bind_upstream()?);
             *lock(&flow.socket) = Arc::clone(&socket);
             let task = tokio::spawn(upstream_loop(
                 Arc::clone(&self.inner),
@@ -134,11 +134,7 @@ impl UdpRelay {
     /// both ways from now on; new client addresses get new flows.
     pub fn forget_flows(&self) {
         self.inner.generation.fetch_add(1, Ordering::Relaxed);
-        for flow in lock(&self.inner.flows).values() {
-            if let Some(task) = lock(&flow.task).take() {
-                task.abort();
-            }
-        }
+        self.inner.stop_flows();
     }
 }
 
@@ -147,11 +143,7 @@ impl Drop for UdpRelay {
         for task in &self.tasks {
             task.abort();
         }
-        for flow in lock(&self.inner.flows).values() {
-            if let Some(task) = lock(&flow.task).take() {
-                task.abort();
-            }
-        }
+        self.inner.stop_flows();
     }
 }
 
@@ -166,6 +158,23 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 impl Inner {
+    /// A fresh socket towards the broker, on the loopback of the broker's family.
+    fn bind_upstream(&self) -> io::Result<UdpSocket> {
+        bind_udp(match self.upstream {
+            SocketAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+            SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+        })
+    }
+
+    /// Ends every flow's upstream task.
+    fn stop_flows(&self) {
+        for flow in lock(&self.flows).values() {
+            if let Some(task) = lock(&flow.task).take() {
+                task.abort();
+            }
+        }
+    }
+
     fn admit(&self, direction: &Mutex<Direction>, flow: &Flow, len: usize) -> Verdict {
         if flow.generation < self.generation.load(Ordering::Relaxed) {
             let verdict = Verdict::Dropped(DropCause::Forgotten);
@@ -181,11 +190,7 @@ impl Inner {
         if let Some(flow) = flows.get(&client) {
             return Ok(Arc::clone(flow));
         }
-        let bind = match self.upstream {
-            SocketAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
-            SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
-        };
-        let socket = Arc::new(bind_udp(bind)?);
+        let socket = Arc::new(self.bind_upstream()?);
         let flow = Arc::new(Flow {
             client,
             generation: self.generation.load(Ordering::Relaxed),
