@@ -108,6 +108,17 @@ impl Relay {
         }
     }
 
+    /// Drops every connection at once, as a rebooted gateway does: the stream relay
+    /// resets them, the datagram relay forgets every flow. (The reconnect storm, which
+    /// asks for it, never runs over the link.)
+    pub fn drop_all(&self) {
+        match self {
+            Relay::None | Relay::Link(_) => {}
+            Relay::Udp(r) => r.forget_flows(),
+            Relay::Tcp(r) => r.reset_all(),
+        }
+    }
+
     /// Schedules an outage (the link's is struck by [`drive_faults`] in person).
     fn outage(&self, from: Instant, len: Duration, kind: Outage) {
         match self {

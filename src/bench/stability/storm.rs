@@ -19,11 +19,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::clients;
+use super::impair::{Relay, RelaySpec};
 use super::ledger::{self, Ledger, Sample, Stamp};
 use super::runner::{Env, Probe};
 use super::{BenchError, RunResult};
-use crate::bench::path::tcp::TcpRelay;
-use crate::bench::path::udp::UdpRelay;
 use crate::bench::path::Impairment;
 use crate::client::{Client, ClientError, Event, Incoming};
 use crate::protocol::QoS;
@@ -33,34 +32,19 @@ const WARM_UP_CONCURRENCY: usize = 25;
 /// Attempts of one client to come back (the first connect does not retry by itself).
 const ATTEMPTS: u32 = 5;
 
-enum Relay {
-    Udp(UdpRelay),
-    Tcp(TcpRelay),
-}
-
 pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
     let n = env.shape.storm_clients.max(1);
     let delay = Impairment {
         delay: env.shape.rtt / 2,
         ..Impairment::default()
     };
-    let relay = if env.case.transport.is_quic() {
-        Relay::Udp(
-            UdpRelay::start(env.broker, delay.clone(), delay, env.seed)
-                .await
-                .map_err(BenchError::io("UDP relay"))?,
-        )
-    } else {
-        Relay::Tcp(
-            TcpRelay::start(env.broker, delay.clone(), delay, None, env.seed)
-                .await
-                .map_err(BenchError::io("TCP relay"))?,
-        )
+    let spec = RelaySpec {
+        up: delay.clone(),
+        down: delay,
+        stream_faults: None,
     };
-    let via = match &relay {
-        Relay::Udp(r) => r.addr(),
-        Relay::Tcp(r) => r.addr(),
-    };
+    let relay = Relay::start(env, Some(&spec)).await?;
+    let via = relay.addr().unwrap_or(env.broker);
     let ledger = Arc::new(Ledger::new(Instant::now()));
     let topics: Vec<String> = (0..n)
         .map(|i| format!("stab/{}/c/{i}", env.run_id))
@@ -117,10 +101,7 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
 
     // Every connection drops at once.
     let drop_at = Instant::now();
-    match &relay {
-        Relay::Tcp(r) => r.reset_all(),
-        Relay::Udp(r) => r.forget_flows(),
-    }
+    relay.drop_all();
     let _ = stop_tx.send(true);
     while loops.join_next().await.is_some() {}
     drop(old);
@@ -182,10 +163,7 @@ pub(crate) async fn run(env: &Env) -> Result<RunResult, BenchError> {
     ledger
         .wait_delivered(Instant::now() + env.shape.drain)
         .await;
-    let injected = match &relay {
-        Relay::Udp(r) => Some(r.stats().dropped()),
-        Relay::Tcp(_) => None,
-    };
+    let injected = relay.injected_drops();
     back.push(publisher);
     clients::disconnect_all(back).await;
 
