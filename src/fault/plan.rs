@@ -17,7 +17,6 @@ use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
-use super::link::LinkPlan;
 use super::stream::StreamFaults;
 use super::udp::UdpFaults;
 
@@ -31,10 +30,6 @@ pub struct FaultPlan {
     pub stream: StreamFaults,
     #[serde(default)]
     pub udp: UdpFaults,
-    /// Packet impairments on the namespace link (`[link]`; needs root; the stability
-    /// bench builds the link and runs the broker behind it).
-    #[serde(default)]
-    pub link: Option<LinkPlan>,
 }
 
 /// A plan that could not be read.
@@ -53,31 +48,16 @@ impl FaultPlan {
                 detail: "no such file".to_string(),
             });
         }
-        let plan: FaultPlan =
-            Figment::from(Toml::file(path))
-                .extract()
-                .map_err(|e| FaultPlanError {
-                    path: path.to_path_buf(),
-                    detail: e.to_string(),
-                })?;
-        if let Some(link) = &plan.link {
-            link.validate().map_err(|e| FaultPlanError {
+        Figment::from(Toml::file(path))
+            .extract()
+            .map_err(|e| FaultPlanError {
                 path: path.to_path_buf(),
                 detail: e.to_string(),
-            })?;
-        }
-        Ok(plan)
-    }
-
-    /// The link plan, seeded from the plan's seed unless it has its own.
-    pub fn link_plan(&self) -> Option<LinkPlan> {
-        self.link.clone().map(|l| l.with_default_seed(self.seed))
+            })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.stream.is_empty()
-            && self.udp == UdpFaults::default()
-            && self.link.as_ref().is_none_or(LinkPlan::is_empty)
+        self.stream.is_empty() && self.udp == UdpFaults::default()
     }
 }
 
@@ -110,5 +90,11 @@ mod tests {
             err.contains("max_wirte") && err.contains("bad.toml"),
             "{err}"
         );
+        // The broker cannot build a namespace link for itself (the stability bench does):
+        // a [link] table would be silently ignored, so it is refused by name.
+        let link = dir.join("link.toml");
+        std::fs::write(&link, "[link]\nloss = 0.1\n").expect("write");
+        let err = FaultPlan::load(&link).expect_err("no link here").to_string();
+        assert!(err.contains("link") && err.contains("link.toml"), "{err}");
     }
 }

@@ -243,7 +243,6 @@ mod tests {
                 loss: 0.1,
                 delay: Some(Duration::from_millis(5)),
             },
-            ..FaultPlan::default()
         };
         let dir = std::env::temp_dir().join(format!("twinmq-plan-toml-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");

@@ -164,12 +164,6 @@ impl LinkPlan {
         } == LinkPlan::default()
     }
 
-    /// This plan with `seed` filled in if it has none.
-    pub fn with_default_seed(mut self, seed: u64) -> LinkPlan {
-        self.seed.get_or_insert(seed);
-        self
-    }
-
     /// Rejects probabilities outside `[0, 1]`, empty windows and zero rates.
     pub fn validate(&self) -> Result<(), LinkError> {
         let mut probabilities = vec![
@@ -272,7 +266,11 @@ mod tests {
         assert!(!plan.blackholes[0].contains(Duration::from_secs(7)));
         assert_eq!(plan.rebinds_due(Duration::from_secs(6)), 1 + 2);
         assert!(!plan.is_empty());
-        assert!(LinkPlan::default().with_default_seed(4).is_empty());
+        assert!(LinkPlan {
+            seed: Some(4),
+            ..LinkPlan::default()
+        }
+        .is_empty());
     }
 
     #[test]
