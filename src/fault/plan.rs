@@ -94,7 +94,9 @@ mod tests {
         // a [link] table would be silently ignored, so it is refused by name.
         let link = dir.join("link.toml");
         std::fs::write(&link, "[link]\nloss = 0.1\n").expect("write");
-        let err = FaultPlan::load(&link).expect_err("no link here").to_string();
+        let err = FaultPlan::load(&link)
+            .expect_err("no link here")
+            .to_string();
         assert!(err.contains("link") && err.contains("link.toml"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
 use super::BenchError;
+use crate::config::units::format_duration;
 use crate::fault::link::{ImpairedLink, SERVER_ADDR};
 use crate::fault::FaultPlan;
 
@@ -188,14 +189,14 @@ fn plan_toml(plan: &FaultPlan) -> String {
             }
         }
         if let Some(d) = s.stall_for {
-            toml.push_str(&format!("stall_for = \"{}ms\"\n", d.as_millis()));
+            toml.push_str(&format!("stall_for = \"{}\"\n", format_duration(d)));
         }
     }
     let u = &plan.udp;
     if u.loss > 0.0 || u.delay.is_some() {
         toml.push_str(&format!("[udp]\nloss = {}\n", u.loss));
         if let Some(d) = u.delay {
-            toml.push_str(&format!("delay = \"{}ms\"\n", d.as_millis()));
+            toml.push_str(&format!("delay = \"{}\"\n", format_duration(d)));
         }
     }
     toml
