@@ -105,8 +105,8 @@ impl Connection {
                             .outbound
                             .get(&id)
                             .is_some_and(|f| f.awaits_record().is_some());
+                        // Still queued: next_queued_flow left maybe_queued set.
                         if used >= window || (held && !records) {
-                            self.session.maybe_queued = true;
                             return;
                         }
                         if self.resend_publish(now, id, dup) {
