@@ -384,13 +384,18 @@ impl ClientHandler {
         // Only a session that was persistent can have anything in the store to forget.
         let stored = key.entry().is_persistent();
         key.entry().set_expiry(expiry);
-        let pending = report.will.as_ref().and_then(|will| {
-            let delay = will_delay(will, expiry);
-            (!delay.is_zero()).then(|| PendingWill {
-                will: will.clone(),
-                due: std::time::Instant::now() + delay,
-            })
+        let will = report.will.map(|will| {
+            let delay = will_delay(&will, expiry);
+            (will, delay)
         });
+        // A delayed will of a stored session is stored with it (a restart still sends it).
+        let pending = will
+            .as_ref()
+            .filter(|(_, delay)| !delay.is_zero() && key.entry().is_persistent())
+            .map(|(will, delay)| PendingWill {
+                will: will.clone(),
+                due: std::time::Instant::now() + *delay,
+            });
         // Stored as offline before it is handed back, so whatever a reconnect writes next
         // lands after this.
         let offline = WriteBatch::new(Now::from_clocks());
@@ -409,9 +414,9 @@ impl ClientHandler {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         // The will is scheduled after the hand-back: its delay is measured against this
         // disconnection, and a reconnect must be able to cancel it.
-        if let Some(will) = report.will {
+        if let Some((will, delay)) = will {
             tracing::info!(topic = %will.topic, "publishing will");
-            self.broker.schedule_will(key.clone(), will, expiry);
+            self.broker.schedule_will_after(key.clone(), will, delay);
         }
         if expiry == 0 && self.broker.registry.remove_if_expired(key.entry(), now) {
             self.broker.end_session(&key, stored);

@@ -405,19 +405,8 @@ impl Broker {
         }
     }
 
-    /// Publishes a will now, or after its delay unless the client comes back first
-    /// [MQTT-3.1.3-9]. `session_expiry` bounds the delay.
-    pub(crate) fn schedule_will(
-        self: &Arc<Self>,
-        client: SessionKey,
-        will: Will,
-        session_expiry: u32,
-    ) {
-        let delay = will_delay(&will, session_expiry);
-        self.schedule_will_after(client, will, delay);
-    }
-
-    /// Publishes `will` after `delay` unless the client comes back first.
+    /// Publishes `will` now, or after `delay` (`will_delay`) unless the client comes back
+    /// first [MQTT-3.1.3-9].
     pub(crate) fn schedule_will_after(
         self: &Arc<Self>,
         client: SessionKey,
