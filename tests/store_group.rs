@@ -32,6 +32,15 @@ fn store(dir: &TempDir) -> Arc<Store> {
     Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("opens"))
 }
 
+/// Retained messages a fresh read of the store finds.
+fn retained_count(store: &Store) -> usize {
+    store
+        .recover(Now::from_clocks())
+        .expect("reads")
+        .retained
+        .len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_submits_share_fsyncs() {
     const N: usize = 64;
@@ -81,14 +90,7 @@ async fn a_resolved_submit_is_committed() {
             .await
             .expect("committed");
         // Visible to a new read the moment submit resolves.
-        assert_eq!(
-            store
-                .recover(Now::from_clocks())
-                .expect("reads")
-                .retained
-                .len(),
-            i + 1
-        );
+        assert_eq!(retained_count(&store), i + 1);
     }
     assert_eq!(
         store.stats().durable_commits,
@@ -189,14 +191,7 @@ async fn enqueued_batches_apply_in_call_order_and_lazy_ones_skip_the_fsync() {
     let after = store.stats();
     assert_eq!(after.commits - before.commits, 1);
     assert_eq!(after.durable_commits, before.durable_commits, "no fsync");
-    assert_eq!(
-        store
-            .recover(Now::from_clocks())
-            .expect("reads")
-            .retained
-            .len(),
-        1
-    );
+    assert_eq!(retained_count(&store), 1);
 
     // Under `sync`, lazy batches waiting with durable ones share their fsync, and each
     // durable batch still gets its own.
@@ -219,14 +214,7 @@ async fn enqueued_batches_apply_in_call_order_and_lazy_ones_skip_the_fsync() {
         10,
         "the lazy ones rode along"
     );
-    assert_eq!(
-        store
-            .recover(Now::from_clocks())
-            .expect("reads")
-            .retained
-            .len(),
-        1
-    );
+    assert_eq!(retained_count(&store), 1);
 }
 
 #[tokio::test]
@@ -248,14 +236,7 @@ async fn flush_puts_what_was_queued_lazily_on_disk() {
         1,
         "one fsync"
     );
-    assert_eq!(
-        store
-            .recover(Now::from_clocks())
-            .expect("reads")
-            .retained
-            .len(),
-        1
-    );
+    assert_eq!(retained_count(&store), 1);
 
     let idle = store.stats();
     committer.flush().await.expect("flushed");

@@ -13,7 +13,7 @@ use crate::bench::path::tcp::TcpRelay;
 use crate::bench::path::udp::UdpRelay;
 use crate::bench::path::{Impairment, Outage};
 use crate::client::Client;
-use crate::fault::link::{Directions, ImpairedLink, LinkPlan, LinkStats, Window};
+use crate::fault::link::{DirectionStats, Directions, ImpairedLink, LinkPlan, LinkStats, Window};
 use crate::fault::stream::StreamFaults;
 
 /// A relay between the clients and the broker (the link, when the case runs over it).
@@ -54,6 +54,14 @@ pub(crate) struct LinkRun {
     base: LinkPlan,
     /// The link's counters when the run began.
     start: LinkStats,
+}
+
+impl LinkRun {
+    /// A counter of the link, both directions, since the run began.
+    fn since_start(&self, counter: fn(&DirectionStats) -> u64) -> u64 {
+        let both = |s: &LinkStats| counter(&s.to_server) + counter(&s.to_client);
+        both(&self.link.stats()).saturating_sub(both(&self.start))
+    }
 }
 
 impl Relay {
@@ -132,13 +140,7 @@ impl Relay {
     pub fn injected_drops(&self) -> Option<u64> {
         match self {
             Relay::Udp(r) => Some(r.stats().dropped()),
-            Relay::Link(run) => {
-                let (now, start) = (run.link.stats(), &run.start);
-                Some(
-                    (now.to_server.dropped + now.to_client.dropped)
-                        .saturating_sub(start.to_server.dropped + start.to_client.dropped),
-                )
-            }
+            Relay::Link(run) => Some(run.since_start(|d| d.dropped)),
             _ => None,
         }
     }
@@ -146,13 +148,7 @@ impl Relay {
     /// Packets the link carried during the run (both ways).
     pub fn link_packets(&self) -> Option<u64> {
         match self {
-            Relay::Link(run) => {
-                let (now, start) = (run.link.stats(), &run.start);
-                Some(
-                    (now.to_server.received + now.to_client.received)
-                        .saturating_sub(start.to_server.received + start.to_client.received),
-                )
-            }
+            Relay::Link(run) => Some(run.since_start(|d| d.received)),
             _ => None,
         }
     }
