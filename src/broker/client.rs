@@ -13,7 +13,7 @@ use super::auth::{certificate_common_name, Action, ClientAcl};
 use super::core::will_delay;
 use super::core::{Broker, Stats};
 use super::index::ClientId;
-use super::persist::AckSequencer;
+use super::persist::{AfterCommit, CommitSequencer, Pending};
 use super::session::SessionKey;
 use crate::protocol::{
     ConnectAccept, Connection, Event, FlowStep, InboundAck, MqttString, ProtocolVersion, QoS,
@@ -58,10 +58,10 @@ pub async fn serve(broker: Arc<Broker>, accepted: Accepted, info: PeerInfo) {
         span: span.clone(),
         client_cert: info.client_cert.clone(),
         acl: Arc::new(ClientAcl::allow_all()),
-        acks: broker
+        commits: broker
             .committer
             .is_some()
-            .then(|| AckSequencer::spawn(mailbox_tx.clone())),
+            .then(|| CommitSequencer::spawn(mailbox_tx.clone(), span.clone())),
     };
     let conn = match accepted {
         Accepted::Stream(io) => {
@@ -102,7 +102,7 @@ struct ClientHandler {
     /// What this client may do, from the ACL, once authenticated.
     acl: Arc<ClientAcl>,
     /// With a store: releases publish acknowledgements once their writes are durable.
-    acks: Option<AckSequencer>,
+    commits: Option<CommitSequencer>,
 }
 
 impl EventSink for ClientHandler {
@@ -136,9 +136,11 @@ impl EventSink for ClientHandler {
                         } else {
                             ReasonCode::Success
                         };
-                    match &self.acks {
+                    match &self.commits {
                         // Acknowledged once what it changed is durable, in arrival order.
-                        Some(acks) => acks.push(routed.durable, ack, reason),
+                        Some(commits) => {
+                            commits.push(routed.durable, AfterCommit::Ack(ack, reason))
+                        }
                         None => conn.accept_publish(now, ack, reason),
                     }
                 }
@@ -225,28 +227,18 @@ impl EventSink for ClientHandler {
 }
 
 impl ClientHandler {
-    /// Sends `then` to the connection once `commit` is durable (at once without one). A
-    /// failed commit ends the connection: the store can no longer keep its promises, and
-    /// the client's retry after reconnecting is safe.
+    /// Sends `then` to the connection once `commit` is durable (at once without one), in
+    /// order with its other waits ([`AfterCommit::Then`]).
     fn after_commit(&self, commit: Option<Commit>, then: Command) {
-        let Some(commit) = commit else {
-            let _ = self.mailbox.send(then);
-            return;
-        };
-        let mailbox = self.mailbox.clone();
-        tokio::spawn(
-            async move {
-                let command = match commit.await {
-                    Ok(()) => then,
-                    Err(err) => {
-                        tracing::error!(error = %err, "store commit failed: disconnecting");
-                        Command::Disconnect(ReasonCode::ImplementationSpecificError)
-                    }
-                };
-                let _ = mailbox.send(command);
+        // A commit exists only with a store, and so does the sequencer.
+        match (commit, &self.commits) {
+            (Some(commit), Some(commits)) => {
+                commits.push(Pending::Commit(commit), AfterCommit::Then(Box::new(then)));
             }
-            .instrument(self.span.clone()),
-        );
+            _ => {
+                let _ = self.mailbox.send(then);
+            }
+        }
     }
 
     fn on_connect(

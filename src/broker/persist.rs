@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::core::{Broker, Stats};
 use super::session::SessionKey;
@@ -75,32 +76,57 @@ impl Pending {
     }
 }
 
-/// Releases a connection's publish acknowledgements in arrival order [MQTT-4.6.0-2], each
-/// once the batch holding its message is durable.
-pub(crate) struct AckSequencer {
-    tx: mpsc::UnboundedSender<(Pending, InboundAck, ReasonCode)>,
+/// What a connection is told once the writes it waits for resolve.
+pub(crate) enum AfterCommit {
+    /// Acknowledge an inbound publish with `reason`, or with the code that refused it.
+    Ack(InboundAck, ReasonCode),
+    /// Send this command (a reply or a recorded flow step); a failed commit ends the
+    /// connection instead: the store can no longer keep its promises, and the client's
+    /// retry after reconnecting is safe. Boxed: a SUBACK is large, an ack is not.
+    Then(Box<Command>),
 }
 
-impl AckSequencer {
-    pub fn spawn(mailbox: mpsc::UnboundedSender<Command>) -> AckSequencer {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Pending, InboundAck, ReasonCode)>();
-        tokio::spawn(async move {
-            while let Some((pending, ack, reason)) = rx.recv().await {
-                let reason = match pending.outcome().await {
-                    Durable::Yes => reason,
-                    Durable::Refused(code) => code,
-                };
-                if mailbox.send(Command::AcceptPublish(ack, reason)).is_err() {
-                    return;
+/// Releases what a connection waits for from the store, in the order it was asked for
+/// (publish acknowledgements in arrival order [MQTT-4.6.0-2]; commits resolve in that
+/// order anyway), each once its writes are durable. One task per connection, not one per
+/// commit.
+pub(crate) struct CommitSequencer {
+    tx: mpsc::UnboundedSender<(Pending, AfterCommit)>,
+}
+
+impl CommitSequencer {
+    pub fn spawn(mailbox: mpsc::UnboundedSender<Command>, span: tracing::Span) -> CommitSequencer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Pending, AfterCommit)>();
+        tokio::spawn(
+            async move {
+                while let Some((pending, after)) = rx.recv().await {
+                    let command = match (pending.outcome().await, after) {
+                        (Durable::Yes, AfterCommit::Ack(ack, reason)) => {
+                            Command::AcceptPublish(ack, reason)
+                        }
+                        (Durable::Refused(code), AfterCommit::Ack(ack, _)) => {
+                            Command::AcceptPublish(ack, code)
+                        }
+                        (Durable::Yes, AfterCommit::Then(command)) => *command,
+                        (Durable::Refused(_), AfterCommit::Then(_)) => {
+                            tracing::error!("the store failed: disconnecting");
+                            Command::Disconnect(ReasonCode::ImplementationSpecificError)
+                        }
+                    };
+                    if mailbox.send(command).is_err() {
+                        return;
+                    }
                 }
             }
-        });
-        AckSequencer { tx }
+            .instrument(span),
+        );
+        CommitSequencer { tx }
     }
 
-    /// Queues `ack`, to be released when `pending` resolves (at once for a ready one).
-    pub fn push(&self, pending: Pending, ack: InboundAck, reason: ReasonCode) {
-        let _ = self.tx.send((pending, ack, reason));
+    /// Queues `after`, to be released when `pending` resolves (at once for a ready one,
+    /// unless something queued before it still waits).
+    pub fn push(&self, pending: Pending, after: AfterCommit) {
+        let _ = self.tx.send((pending, after));
     }
 }
 
