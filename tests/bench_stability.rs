@@ -25,6 +25,9 @@ fn options(scenario: Scenario, transports: &[TransportKind]) -> StabilityOptions
         use_link: true,
         shape: Shape {
             stall: Duration::from_millis(800),
+            // TCP through 10 % loss can sit in retransmission backoff for seconds; a
+            // keep-alive that outlasts it keeps the counts about loss, not about timers.
+            keep_alive: Duration::from_secs(4),
             ..Shape::short()
         },
         seed: 7,
